@@ -1,0 +1,48 @@
+"""How one agent kind is started, watched and stopped.
+
+The contract every runner keeps (the slot relies on it):
+
+- ``await run_agent(spec, hooks)`` starts the agent once and returns an `Outcome` when
+  it ends by itself: a process exited, an async function returned or raised, or the
+  start could not happen at all (``start_failed=True`` with a reason a user can act on).
+  A runner never raises for anything the agent does.
+- It calls ``hooks.launched(pid)`` once the agent is launched (``pid`` is None in-process)
+  and ``hooks.ready()`` when it is ready: at once for ``ready = "immediate"``, else when
+  the agent says so (``ctx.ready()`` or ``READY=1`` on ``$NOTIFY_SOCKET``).
+- Cancelling it stops the agent: for a process, `stop_signal` to its group, up to
+  `stop_timeout`, then SIGKILL to the group and reap; in-process, the agent is cancelled
+  and its cleanup gets up to `stop_timeout`. That cleanup is shielded and bounded, and
+  then `trio.Cancelled` propagates. After it returns or raises, nothing of it is left.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from supervisor.manifest import AgentSpec
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """How one run of an agent ended."""
+
+    code: int | None = None  # exit code; 0 for an async function that returned
+    signal: int | None = None  # the signal that killed the process
+    error: str | None = None  # exception text, or why the start failed
+    start_failed: bool = False  # the agent could not be started at all
+
+
+class Hooks(Protocol):
+    """What a runner reports to its slot. Sync, never blocking."""
+
+    def launched(self, pid: int | None) -> None: ...
+
+    def ready(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+
+class Runner(Protocol):
+    async def __call__(self, spec: AgentSpec, hooks: Hooks) -> Outcome: ...
