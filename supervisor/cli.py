@@ -24,7 +24,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     except manifest.ManifestError as e:
         for line in e.errors:
             print(line, file=sys.stderr)
-        print(f"{path}: invalid ({len(e.errors)} error{'s' * (len(e.errors) != 1)})", file=sys.stderr)
+        print(
+            f"{path}: invalid ({len(e.errors)} error{'s' * (len(e.errors) != 1)})", file=sys.stderr
+        )
         return 2
     kinds: dict[str, int] = {}
     for spec in m.agents.values():
@@ -52,15 +54,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supervisor", description="A trio-native supervisor for long-running agents.")
+    parser = argparse.ArgumentParser(
+        prog="supervisor", description="A trio-native supervisor for long-running agents."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the agents of a manifest in the foreground")
-    p.add_argument("manifest", nargs="?", help=f"manifest file (default: $SUPERVISOR_MANIFEST, then {DEFAULT_MANIFEST})")
-    p.add_argument("--api", default=None, help='API address: "HOST:PORT", "unix:/path", or "" for none')
+    p.add_argument(
+        "manifest",
+        nargs="?",
+        help=f"manifest file (default: $SUPERVISOR_MANIFEST, then {DEFAULT_MANIFEST})",
+    )
+    p.add_argument(
+        "--api", default=None, help='API address: "HOST:PORT", "unix:/path", or "" for none'
+    )
     p.add_argument("--watch", action="store_true", help="reload when the manifest's folder changes")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate a manifest")

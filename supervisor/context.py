@@ -21,7 +21,9 @@ class AgentContext:
         code in ``finally`` can tell a requested stop from other cancellations.
     """
 
-    def __init__(self, agent_id: str, params: dict[str, Any], stop_timeout: float, hooks: Hooks) -> None:
+    def __init__(
+        self, agent_id: str, params: dict[str, Any], stop_timeout: float, hooks: Hooks
+    ) -> None:
         self.id = agent_id
         self.params = params
         self.log: AgentLog = agent_log(agent_id)

@@ -32,7 +32,9 @@ _listener: logging.handlers.QueueListener | None = None
 class AgentLog(logging.LoggerAdapter[logging.Logger]):
     """``ctx.log``: a logger whose records carry the agent's id."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = self.extra
         return msg, kwargs
 
