@@ -1,0 +1,278 @@
+"""A slot: one agent's whole life, as one trio task.
+
+The life task starts the agent through its runner, waits for it to be ready (within
+`start_timeout`), watches it end, asks the `RestartPolicy` what next, backs off and
+starts it again, until the policy gives up (``exited`` / ``failed``) or a stop is
+requested (``stopped``). A stop cancels the life task's scope; the runner then stops the
+agent within its `stop_timeout` (shielded, bounded), so once `wait_stopped()` returns
+nothing of the agent is left.
+
+Every change of state, pid or history replaces ``changed`` (an event set on change), so
+readers wait for a change at O(1) cost and nothing polls.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import attrs
+import trio
+
+from supervisor.logs import log
+from supervisor.manifest import AgentSpec, Source
+from supervisor.policy import Restart, RestartPolicy, describe, succeeded
+from supervisor.runners import Outcome, Runner
+
+State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
+ACTIVE: frozenset[State] = frozenset({"starting", "running", "backoff", "stopping"})
+HISTORY = 10  # exits kept per slot
+
+# Given a spec, wait until everything it is `after` is up; return why it can't start, or None.
+AfterWaiter = Callable[[AgentSpec], Awaitable[str | None]]
+
+
+@attrs.frozen
+class ExitRecord:
+    """How one run ended; `at` is trio time."""
+
+    at: float
+    code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class SlotStatistics:
+    """A snapshot of a slot, for the API, the CLI and metrics. Times are trio time."""
+
+    id: str
+    kind: str
+    source: Source
+    state: State
+    pid: int | None
+    restarts: int
+    since: float
+    started_at: float | None  # when it last became running
+    last_exit: ExitRecord | None
+    status: str
+    reason: str
+    spec: AgentSpec
+
+
+class Slot:
+    """One agent's slot. Only the supervisor's owner task calls `launch` and `stop`.
+
+    Args:
+      spec: the agent.
+      runner: runs the agent once (see `supervisor.runners`).
+      source: where the agent was declared.
+      wait_after: waits for the agents this one is `after` before its first start.
+      on_change: called after every state change (sync, must not block).
+    """
+
+    def __init__(
+        self,
+        spec: AgentSpec,
+        runner: Runner,
+        *,
+        source: Source = "manifest",
+        wait_after: AfterWaiter | None = None,
+        on_change: Callable[[Slot], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.source: Source = source
+        self.state: State = "stopped"
+        self.pid: int | None = None
+        self.restarts = 0
+        self.since = trio.current_time()
+        self.started_at: float | None = None
+        self.exits: collections.deque[ExitRecord] = collections.deque(maxlen=HISTORY)
+        self.status_text = ""  # the agent's own one-line status (STATUS=, ctx.status)
+        self.reason = "not started" if spec.enabled else "disabled"
+        self.changed = trio.Event()
+        self.attempts_ended = 0
+        self._runner = runner
+        self._wait_after = wait_after
+        self._on_change = on_change
+        self._scope: trio.CancelScope | None = None
+        self._done = trio.Event()
+        self._done.set()
+        self._ready: trio.Event | None = None  # set by ready() during an attempt
+
+    # -- the owner's side -------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        """Running, or ended well and not to be restarted (a one-shot that did its job)."""
+        if self.state == "exited" and self.exits:
+            return self._ok(self.exits[-1])
+        return self.state == "running"
+
+    @property
+    def active(self) -> bool:
+        """Whether the life task is running (from `launch` until it has returned)."""
+        return not self._done.is_set()
+
+    def launch(self, nursery: trio.Nursery) -> None:
+        """Start the life task in `nursery`. The slot must not be active."""
+        assert not self.active, f"{self.spec.id} launched twice"
+        self._scope = trio.CancelScope()
+        self._done = trio.Event()
+        self._set("starting", "")
+        nursery.start_soon(self._run, name=f"slot:{self.spec.id}")
+
+    def stop(self) -> None:
+        """Request a stop; `wait_stopped()` returns once the agent is gone. Idempotent."""
+        if self.active and self._scope is not None and not self._scope.cancel_called:
+            self._set("stopping", "stop requested")
+            self._scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the life task has returned (stopped, exited or failed)."""
+        await self._done.wait()
+
+    async def wait_started(self) -> str | None:
+        """Wait for the current start to settle: None once running (or exited ok).
+
+        Returns the reason when the start failed instead: the attempt ended before the
+        agent was ready, or the slot ended failed or stopped.
+        """
+        ended = self.attempts_ended
+        while True:
+            if self.up:
+                return None
+            if self.attempts_ended > ended and self.exits:
+                return self.describe_exit(self.exits[-1])
+            if self.state in ("failed", "stopped", "exited"):
+                return self.reason or "did not start"
+            await self.changed.wait()
+
+    def statistics(self) -> SlotStatistics:
+        return SlotStatistics(
+            id=self.spec.id,
+            kind=self.spec.kind,
+            source=self.source,
+            state=self.state,
+            pid=self.pid,
+            restarts=self.restarts,
+            since=self.since,
+            started_at=self.started_at,
+            last_exit=self.exits[-1] if self.exits else None,
+            status=self.status_text,
+            reason=self.reason,
+            spec=self.spec,
+        )
+
+    # -- the runner's side (Hooks) ----------------------------------------------------
+
+    def launched(self, pid: int | None) -> None:
+        self.pid = pid
+        self._notify()
+
+    def ready(self) -> None:
+        if self._ready is not None and not self._ready.is_set():
+            self._ready.set()
+            self.started_at = trio.current_time()
+            self._set("running", "")
+
+    def status(self, text: str) -> None:
+        self.status_text = text
+        self._notify()
+
+    # -- the life task ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._scope is not None
+        try:
+            with self._scope:
+                await self._life()
+        finally:
+            self.pid = None
+            if self.state in ACTIVE:
+                self._set("stopped", "stopped on request")
+            self._done.set()
+            self._notify()
+
+    async def _life(self) -> None:
+        if self._wait_after is not None and self.spec.after:
+            self.reason = "waiting for " + ", ".join(self.spec.after)
+            self._notify()
+            why = await self._wait_after(self.spec)
+            if why is not None:
+                self._set("failed", why)
+                return
+        policy = RestartPolicy(self.spec)
+        while True:
+            self._set("starting", "")
+            outcome, ran_for = await self._attempt()
+            now = trio.current_time()
+            self.exits.append(
+                ExitRecord(at=now, code=outcome.code, signal=outcome.signal, error=outcome.error)
+            )
+            self.attempts_ended += 1
+            decision = policy.decide(outcome, ran_for=ran_for, now=now)
+            if isinstance(decision, Restart):
+                self.restarts += 1
+                self._set("backoff", f"{describe(outcome)}; restart in {decision.delay:.2f}s")
+                await trio.sleep(decision.delay)
+            else:
+                self._set("failed" if decision.failed else "exited", decision.reason)
+                return
+
+    async def _attempt(self) -> tuple[Outcome, float]:
+        """Run the agent once; return how it ended and how long it ran ready."""
+        self._ready = trio.Event()
+        self.started_at = None
+        outcome: Outcome | None = None
+        timed_out = False
+        async with trio.open_nursery() as nursery:
+
+            async def run_agent() -> None:
+                nonlocal outcome
+                outcome = await self._runner(self.spec, self)
+                nursery.cancel_scope.cancel()  # the agent ended: stop the start timer
+
+            nursery.start_soon(run_agent)
+            with trio.move_on_after(self.spec.start_timeout):
+                await self._ready.wait()
+            if not self._ready.is_set():
+                # Not ready in time: cancelling stops the agent (bounded by stop_timeout).
+                timed_out = True
+                nursery.cancel_scope.cancel()
+        self._ready = None
+        self.pid = None
+        ran_for = 0.0 if self.started_at is None else trio.current_time() - self.started_at
+        if timed_out or outcome is None:
+            timeout = self.spec.start_timeout
+            return Outcome(error=f"start timeout: not ready within {timeout:g}s"), ran_for
+        return outcome, ran_for
+
+    # -- state ------------------------------------------------------------------------
+
+    def _ok(self, rec: ExitRecord) -> bool:
+        return succeeded(self.spec, Outcome(code=rec.code, signal=rec.signal, error=rec.error))
+
+    @staticmethod
+    def describe_exit(rec: ExitRecord) -> str:
+        return describe(Outcome(code=rec.code, signal=rec.signal, error=rec.error))
+
+    def _set(self, state: State, reason: str) -> None:
+        if state != self.state:
+            self.since = trio.current_time()
+        self.state = state
+        self.reason = reason
+        if state in ("backoff", "failed"):
+            log.warning("%s: %s (%s)", self.spec.id, state, reason)
+        elif state in ("running", "exited", "stopped"):
+            log.info("%s: %s%s", self.spec.id, state, f" ({reason})" if reason else "")
+        else:
+            log.debug("%s: %s", self.spec.id, state)
+        self._notify()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+        if self._on_change is not None:
+            self._on_change(self)
