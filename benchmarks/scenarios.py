@@ -1,0 +1,342 @@
+"""The measurements: one session of a peer with N process agents, the spawn floor, and the
+in-process scale run of ours.
+
+A process session launches the peer and measures, in this order: start (launch -> all N
+`sleep` children exec'd), RSS and idle CPU (at the idle N only), crash -> running for K
+distinct agents, a 10 % reload (where the peer can), and shutdown (SIGTERM -> supervisor
+exited and every child gone). All of it is read from /proc, the same way for every peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import peers
+import procfs
+
+CRASH_POLL = 100e-6  # seconds between /proc reads while waiting for a replacement
+START_POLL = 0.001
+
+
+@dataclass
+class Config:
+    crashes: int = 25
+    idle_seconds: float = 10.0
+    idle_n: int = 500
+    settle: float = 1.0
+    start_timeout: float = 300.0
+    reload_timeout: float = 600.0
+    shutdown_timeout: float = 60.0
+
+
+@dataclass
+class Session:
+    """What one session measured (seconds unless the name says otherwise)."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def agent_set(n: int) -> dict[str, str]:
+    """N agents s0..s{N-1}; each sleeps a distinct number of seconds, which names it in /proc."""
+    return {f"s{i}": str(100000 + i) for i in range(n)}
+
+
+def edited(agents: dict[str, str]) -> tuple[dict[str, str], set[str], set[str], set[str]]:
+    """The 10 % edit: change every 10th agent, remove the next ones, add as many new ones.
+
+    Returns (new agents, changed ids, removed ids, added ids).
+    """
+    n = len(agents)
+    ids = list(agents)
+    changed = {aid for i, aid in enumerate(ids) if i % 10 == 0}
+    removed = {aid for i, aid in enumerate(ids) if i % 10 == 1}
+    new = {aid: arg for aid, arg in agents.items() if aid not in removed}
+    for aid in changed:
+        new[aid] = str(300000 + int(aid[1:]))
+    added = {f"s{n + j}" for j in range(len(removed))}
+    for aid in sorted(added, key=lambda a: int(a[1:])):
+        new[aid] = str(100000 + int(aid[1:]))
+    return new, changed, removed, added
+
+
+def wait_roots(peer: peers.Peer, timeout: float) -> list[int]:
+    deadline = time.perf_counter() + timeout
+    while True:
+        roots = peer.roots()
+        if roots:
+            return roots
+        why = peer.failed()
+        if why:
+            raise RuntimeError(why)
+        if time.perf_counter() > deadline:
+            raise TimeoutError("no supervisor process appeared")
+        time.sleep(START_POLL)
+
+
+def measure_start(peer: peers.Peer, n: int, cfg: Config) -> tuple[float, procfs.AgentWatch]:
+    """Launch and wait until all N `sleep` children have exec'd; (seconds, watch)."""
+    t0 = time.perf_counter()
+    peer.launch()
+    roots = wait_roots(peer, cfg.start_timeout)
+    watch = procfs.AgentWatch(roots)
+    deadline = t0 + cfg.start_timeout
+    while True:
+        found = watch.scan()
+        now = time.perf_counter()
+        if len(found) >= n:
+            return now - t0, watch
+        why = peer.failed()
+        if why:
+            raise RuntimeError(why)
+        if now > deadline:
+            raise TimeoutError(f"{len(found)}/{n} running after {cfg.start_timeout:.0f} s")
+        time.sleep(START_POLL)
+
+
+def measure_idle(peer: peers.Peer, seconds: float) -> dict[str, float]:
+    """RSS and CPU / wake-ups of the supervisor and its helpers while nothing happens."""
+    pids = peer.roots() + peer.helpers()
+    u0 = procfs.usage(pids)
+    time.sleep(seconds)
+    pids = peer.roots() + peer.helpers()
+    u1 = procfs.usage(pids)
+    scale = 10.0 / seconds
+    rss = sum(procfs.rss_kib(p) for p in peer.roots())
+    helper_rss = sum(procfs.rss_kib(p) for p in peer.helpers())
+    return {
+        "rss_mib": (rss + helper_rss) / 1024,
+        "rss_helpers_mib": helper_rss / 1024,
+        "helpers": float(len(peer.helpers())),
+        "threads": float(u1.threads),
+        "idle_cpu_ms": (u1.cpu_ns - u0.cpu_ns) / 1e6 * scale,
+        "idle_ticks": (u1.ticks - u0.ticks) * scale,
+        "idle_wakeups": (u1.voluntary - u0.voluntary) * scale,
+        "idle_involuntary": (u1.involuntary - u0.involuntary) * scale,
+    }
+
+
+def crash_once(roots: list[int], arg: str, pid: int, timeout: float = 10.0) -> float:
+    """SIGKILL the agent `pid` (sleeping `arg`); seconds until a new `sleep arg` has exec'd."""
+    before = {p for r in roots for p in procfs.children(r)}
+    t0 = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        for root in roots:
+            for p in procfs.children(root):
+                if p not in before and procfs.sleep_arg(p) == arg:
+                    return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"no replacement for `sleep {arg}` within {timeout:.0f} s")
+        time.sleep(CRASH_POLL)
+
+
+def measure_crashes(watch: procfs.AgentWatch, n: int, k: int) -> list[float]:
+    running = watch.scan()
+    args = sorted(running, key=int)
+    picks = [args[(i * len(args)) // k + 1] for i in range(min(k, len(args) - 1))]
+    out: list[float] = []
+    for arg in picks:
+        pid = running[arg]
+        out.append(crash_once(watch.roots, arg, pid))
+        time.sleep(0.02)
+    return out
+
+
+def measure_reload(
+    peer: peers.Peer, watch: procfs.AgentWatch, agents: dict[str, str], timeout: float
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Apply the 10 % edit; seconds until /proc shows exactly the new set of agents."""
+    new, changed, removed, added = edited(agents)
+    before = watch.scan()
+    expected = set(new.values())
+    t0 = time.perf_counter()
+    info = peer.reload(new)
+    t_answer = time.perf_counter() - t0
+
+    def converged() -> bool:
+        pids: dict[int, str] = {}
+        for root in watch.roots:
+            for p in procfs.children(root):
+                a = procfs.sleep_arg(p)
+                if a is not None:
+                    pids[p] = a
+        return len(pids) == len(expected) and set(pids.values()) == expected
+
+    peers.wait_until(converged, timeout=timeout, interval=0.001)
+    t_conv = time.perf_counter() - t0
+    after = watch.scan()
+    unchanged = [a for aid, a in agents.items() if aid not in changed | removed]
+    restarted = sum(1 for a in unchanged if after.get(a) != before.get(a))
+    info.update(changed=len(changed), removed=len(removed), added=len(added))
+    return {
+        "reload": t_conv,
+        "reload_answer": t_answer,
+        "reload_unchanged_restarted": float(restarted),
+    }, info
+
+
+def measure_shutdown(peer: peers.Peer, watch: procfs.AgentWatch, timeout: float) -> float:
+    """SIGTERM; seconds until the supervisor has exited and every child is gone."""
+    kids = list(watch.scan().values()) + peer.helpers()
+    roots = peer.roots()
+    t0 = time.perf_counter()
+    peer.terminate()
+    while True:
+        done = peer.exited() and not any(procfs.alive(p) for p in kids)
+        now = time.perf_counter()
+        if done:
+            break
+        if now - t0 > timeout:
+            left = sum(1 for p in kids if procfs.alive(p))
+            raise TimeoutError(f"after {timeout:.0f} s: exited={peer.exited()}, {left} children")
+        time.sleep(0.0005)
+    procfs.reap([*roots, *kids])
+    return now - t0
+
+
+def process_session(
+    peer: peers.Peer, n: int, cfg: Config, *, idle: bool, crashes: int, reload: bool
+) -> Session:
+    s = Session()
+    agents = agent_set(n)
+    peer.prepare(str(n), agents)
+    try:
+        t, watch = measure_start(peer, n, cfg)
+        s.values["start"] = t
+        time.sleep(cfg.settle)
+        if idle:
+            s.values.update(measure_idle(peer, cfg.idle_seconds))
+        if crashes:
+            samples = measure_crashes(watch, n, crashes)
+            s.info["crash_samples_ms"] = [round(x * 1e3, 3) for x in samples]
+            s.values["crash_p50"] = statistics.median(samples)
+            s.values["crash_max"] = max(samples)
+        if reload and peer.can_reload:
+            time.sleep(0.2)
+            values, info = measure_reload(peer, watch, agents, cfg.reload_timeout)
+            s.values.update(values)
+            s.info["reload"] = info
+            watch = procfs.AgentWatch(peer.roots())
+            time.sleep(0.2)
+        s.values["shutdown"] = measure_shutdown(peer, watch, cfg.shutdown_timeout)
+    except Exception as e:  # a failed step is reported, the run goes on
+        s.errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        peer.kill()
+    return s
+
+
+# -- the floor ---------------------------------------------------------------------------
+
+
+def floor_spawn_sleep(n: int) -> float:
+    """posix_spawn `sleep` N times serially (each returns once exec'd): the floor for start."""
+    pids: list[int] = []
+    env = dict(os.environ)
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            pids.append(os.posix_spawn(peers.SLEEP, ["sleep", str(900000 + i)], env))
+        return time.perf_counter() - t0
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            os.waitpid(pid, 0)
+
+
+def floor_spawn_wait_true(n: int) -> float:
+    """fork+exec+wait of `true` N times serially."""
+    true = shutil.which("true") or "/bin/true"
+    env = dict(os.environ)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        pid = os.posix_spawn(true, ["true"], env)
+        os.waitpid(pid, 0)
+    return time.perf_counter() - t0
+
+
+# -- in-process scale (ours only) -------------------------------------------------------------
+
+
+def _wait_http(port: int, path: str, timeout: float, proc_failed: Any) -> float:
+    """Poll GET `path` until it answers 200; seconds it took."""
+    t0 = time.perf_counter()
+    while True:
+        try:
+            status, _ = peers.http(port, "GET", path, timeout=30)
+            if status == 200:
+                return time.perf_counter() - t0
+            pause = 0.01
+        except OSError:
+            pause = 0.002
+        why = proc_failed()
+        if why:
+            raise RuntimeError(why)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"GET {path} not 200 within {timeout:.0f} s")
+        time.sleep(pause)
+
+
+def inprocess_session(ours: peers.Ours, count: int, cfg: Config) -> Session:
+    """10,000 (or `count`) idle in-process agents: start, memory, 10 % reload, shutdown."""
+    s = Session()
+    module = "bench_idle_agent"
+    ours.prepare(f"inproc-{count}", {})
+    shutil.copy(peers.BENCH / "agents" / "idle.py", ours.dir / f"{module}.py")
+    ours.write_inprocess(count, set(), module)
+    try:
+        t0 = time.perf_counter()
+        ours.launch()
+        t_api = _wait_http(ours.port, "/healthz", cfg.start_timeout, ours.failed)
+        _wait_http(ours.port, "/readyz", cfg.start_timeout, ours.failed)
+        s.values["inproc_ready"] = time.perf_counter() - t0
+        s.values["inproc_api_up"] = t_api
+        time.sleep(cfg.settle)
+        s.values["inproc_rss_mib"] = procfs.rss_kib(ours.roots()[0]) / 1024
+        if count:
+            changed = set(range(0, count, 10))
+            _, before = peers.http(ours.port, "GET", "/agents", timeout=60)
+            ours.write_inprocess(count, changed, module)
+            t1 = time.perf_counter()
+            status, body = peers.http(ours.port, "POST", "/reload", timeout=120)
+            s.values["inproc_reload"] = time.perf_counter() - t1
+            if status != 200:
+                raise RuntimeError(f"POST /reload answered {status}: {str(body)[:300]}")
+            s.info["reload"] = peers.summarize_reload(body)
+            _, after = peers.http(ours.port, "GET", "/agents", timeout=60)
+            s.values["inproc_unchanged_restarted"] = float(
+                _touched(before, after, {f"a{i}" for i in changed})
+            )
+        roots = ours.roots()
+        t2 = time.perf_counter()
+        ours.terminate()
+        peers.wait_until(ours.exited, timeout=cfg.shutdown_timeout, interval=0.0005)
+        s.values["inproc_shutdown"] = time.perf_counter() - t2
+        procfs.reap(roots)
+    except Exception as e:
+        s.errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        ours.kill()
+    return s
+
+
+def _touched(before: Any, after: Any, changed: set[str]) -> int:
+    """Unchanged agents whose `since` or `restarts` moved between two GET /agents answers."""
+
+    def index(doc: Any) -> dict[str, tuple[Any, Any, Any]]:
+        agents = doc.get("agents", []) if isinstance(doc, dict) else []
+        return {a["id"]: (a.get("since"), a.get("restarts"), a.get("state")) for a in agents}
+
+    b, a = index(before), index(after)
+    return sum(1 for aid, v in b.items() if aid not in changed and a.get(aid) != v)
