@@ -1,0 +1,157 @@
+"""The no-orphans keeper: agents' process groups die with the supervisor, even by SIGKILL.
+
+A supervisor killed with SIGKILL runs no cleanup, and its agents, each in a process group
+of its own, would live on as orphans. So the supervisor starts one tiny keeper process
+(its own session, deaf to SIGTERM, SIGINT and SIGHUP) and keeps the write end of a pipe
+whose read end is the keeper's stdin. The supervisor writes ``+PGID`` when a group is
+born and ``-PGID`` once it is gone. When the pipe reaches end of file, which the kernel
+guarantees however the supervisor dies, the keeper SIGKILLs every group still
+registered and exits. ``q`` asks it to exit without killing anything (a graceful
+shutdown has already stopped every group).
+
+    keeper = Keeper.start()          # once, at startup
+    keeper.register(pid)             # the runner, right after spawning a group leader
+    keeper.unregister(pid)           # the runner, once the group is gone
+    keeper.close()                   # at graceful exit
+
+Writes are a few bytes to a non-blocking pipe, far below PIPE_BUF and therefore atomic,
+so the trio loop never waits on the keeper. If the keeper falls behind and the pipe is
+full, lines wait in memory and go out with the next write.
+
+The keeper is ``python -I -S`` running the short program below: no site, no imports
+beyond ``os`` and ``signal``, about as cheap as a Python process gets. It starts once.
+Under PID 1 in a container the kernel already kills everything when PID 1 dies, so the
+caller may skip it there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from supervisor.logs import log
+
+# The keeper's whole program. It reads lines until EOF; ``q`` exits quietly.
+PROGRAM = """\
+import os, signal
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+groups = set()
+pending = b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    *lines, pending = (pending + chunk).split(b"\\n")
+    for line in lines:
+        if line == b"q":
+            raise SystemExit(0)
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class Keeper:
+    """A handle on the running keeper process. Sync methods that never block the loop."""
+
+    def __init__(self, process: subprocess.Popen[bytes], pipe: int) -> None:
+        self._process = process
+        self._pipe: int | None = pipe
+        self._pending = b""
+        self._warned = False
+
+    @classmethod
+    def start(cls) -> Keeper:
+        """Start the keeper process (a few ms, once). Its stdin is our pipe's read end."""
+        read_end, write_end = os.pipe()  # both close-on-exec: no other child holds them
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", PROGRAM, "supervisor-keeper"],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        os.set_blocking(write_end, False)
+        return cls(process, write_end)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def register(self, pgid: int) -> None:
+        """From now on, the group `pgid` is SIGKILLed if the supervisor dies."""
+        self._send(b"+%d\n" % pgid)
+
+    def unregister(self, pgid: int) -> None:
+        """The group `pgid` is gone; forget it (its number may be reused)."""
+        self._send(b"-%d\n" % pgid)
+
+    def close(self) -> None:
+        """Let the keeper exit without killing anything, and reap it. Idempotent.
+
+        Call at graceful shutdown, once every group is stopped. Waits (briefly, at most
+        a second) for the keeper to read ``q`` and exit.
+        """
+        if self._pipe is None:
+            return
+        # Blocking, to be sure every pending line (unregistrations above all) is read
+        # before "q"; the keeper reads as fast as we write, so this takes no time.
+        os.set_blocking(self._pipe, True)
+        try:
+            _write_all(self._pipe, self._pending + b"q\n")
+        except OSError:
+            pass  # the keeper is gone already
+        os.close(self._pipe)
+        self._pipe = None
+        try:
+            self._process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            # It cannot be killing anything we care about: we just told it to quit.
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> Keeper:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, line: bytes) -> None:
+        if self._pipe is None:
+            return
+        data = self._pending + line
+        try:
+            written = os.write(self._pipe, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:  # the keeper died: carry on, unguarded
+            self._warn(f"the no-orphans keeper is gone ({exc}); agents may outlive a crash")
+            self._pending = b""
+            return
+        self._pending = data[written:]
+        if self._pending:
+            self._warn("the no-orphans keeper is slow; registrations are queued in memory")
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(message)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
