@@ -1,7 +1,15 @@
-"""`AgentContext`: what an in-process agent is handed (SPEC §2)."""
+"""`AgentContext`: what an in-process agent is handed (SPEC §2).
+
+One context is made per start of an agent, by the in-process runner
+(`supervisor.runners.inprocess`), and lives exactly as long as that start. The agent
+reads from it (`id`, `params`, `log`, `stopping`) and reports through it (`ready()`,
+`status()`); `cleanup()` bounds the awaits it makes while it is being stopped.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -15,10 +23,16 @@ class AgentContext:
 
     Attributes:
       id: the agent's id.
-      params: the agent's ``params`` table.
+      params: the agent's ``params`` table: the agent's own copy, free to change.
       log: a logger whose records are tagged with the agent's id.
-      stopping: set when a stop is requested, just before the agent is cancelled;
-        code in ``finally`` can tell a requested stop from other cancellations.
+      stopping: a `trio.Event`, set when a stop is requested, just *before* the agent
+        is cancelled: code in ``finally`` can tell a requested stop from other
+        cancellations, and a task waiting on it can start draining (under `cleanup()`,
+        since the cancellation follows at once).
+      stop_timeout: the seconds of grace `cleanup()` gives after a stop.
+
+    The runner, not the agent, calls the underscored methods: `_request_stop()` on a
+    stop, before it cancels the agent.
     """
 
     def __init__(
@@ -28,27 +42,60 @@ class AgentContext:
         self.params = params
         self.log: AgentLog = agent_log(agent_id)
         self.stopping = trio.Event()
-        self._stop_timeout = stop_timeout
+        self.stop_timeout = stop_timeout
         self._hooks = hooks
+        self._ready_reported = False
+        self._stop_requested_at: float | None = None
 
     def ready(self) -> None:
-        """Say the agent is ready (only needed with ``ready = "notify"``). Idempotent."""
-        self._hooks.ready()
+        """Say the agent is ready (only needed with ``ready = "notify"``).
+
+        Idempotent: only the first call is reported. With ``ready = "immediate"`` the
+        runner has already reported readiness at launch, so calling it is harmless.
+        """
+        if not self._ready_reported:
+            self._ready_reported = True
+            self._hooks.ready()
 
     def status(self, text: str) -> None:
         """Publish a one-line status, shown by ``supervisor status`` and the API."""
         self._hooks.status(text)
 
-    def cleanup(self) -> trio.CancelScope:
+    @contextlib.contextmanager
+    def cleanup(self) -> Iterator[trio.CancelScope]:
         """A shielded cancel scope for cleanup that must await, bounded by `stop_timeout`.
 
-        Use it in ``finally`` or ``except trio.Cancelled``::
+        Use it in ``finally`` (or ``except trio.Cancelled``, or after
+        ``await ctx.stopping.wait()``)::
 
             finally:
                 with ctx.cleanup():
                     await conn.aclose()
 
-        Inside, awaits are not cancelled by the stop; once `stop_timeout` seconds have
-        passed since the scope was entered, they are (the hard cancel).
+        Inside, awaits are not cancelled by the stop. They are cancelled (the hard
+        cancel) once `stop_timeout` seconds have passed since the stop was requested, or,
+        with no stop requested (the agent is cleaning up after its own error), since the
+        scope was entered. Every ``with ctx.cleanup()`` of one stop shares that one
+        deadline, so all of an agent's cleanup together gets `stop_timeout`, not each
+        block. The hard cancel ends the ``with`` block (the scope catches its own
+        cancellation) and is logged as a warning; code after the block runs, and any
+        unshielded await there is cancelled at once by the stop.
+
+        Works in anyio agents too: on the trio backend a trio cancel scope is what anyio's
+        own scopes are made of.
         """
-        return trio.CancelScope(shield=True, deadline=trio.current_time() + self._stop_timeout)
+        start = self._stop_requested_at
+        if start is None:
+            start = trio.current_time()
+        with trio.CancelScope(shield=True, deadline=start + self.stop_timeout) as scope:
+            yield scope
+        if scope.cancelled_caught:
+            self.log.warning(
+                "cleanup cut short: not done %gs after the stop (stop_timeout)", self.stop_timeout
+            )
+
+    def _request_stop(self) -> None:
+        """Note the stop's time (the start of `cleanup()`'s grace) and set `stopping`."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = trio.current_time()
+            self.stopping.set()
