@@ -1,0 +1,146 @@
+"""The no-orphans keeper, with a real supervisor stand-in that we SIGKILL.
+
+These tests are sync: they drive plain processes and poll /proc with deadlines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.keeper import Keeper
+
+ROOT = Path(__file__).parent.parent
+
+# A supervisor stand-in: starts a keeper and two groups, registers both, unregisters
+# the second, prints "KEEPER GUARDED UNGUARDED" and waits to be killed.
+STAND_IN = """\
+import subprocess, sys, time
+from supervisor.keeper import Keeper
+keeper = Keeper.start()
+guarded = subprocess.Popen(["sh", "-c", "sleep 1000 & sleep 1000"], process_group=0)
+unguarded = subprocess.Popen(["sleep", "1000"], process_group=0)
+keeper.register(guarded.pid)
+keeper.register(unguarded.pid)
+keeper.unregister(unguarded.pid)
+print(keeper.pid, guarded.pid, unguarded.pid, flush=True)
+time.sleep(1000)
+"""
+
+
+def alive(pid: int) -> bool:
+    """True unless `pid` is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is `pgid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (OSError, ValueError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def keeper() -> Iterator[Keeper]:
+    with Keeper.start() as keeper:
+        yield keeper
+
+
+@pytest.fixture
+def group() -> Iterator[int]:
+    """A `sleep 1000` leading its own group; killed at teardown if still there."""
+    process = subprocess.Popen(["sleep", "1000"], process_group=0)
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_groups_die_when_the_supervisor_is_sigkilled() -> None:
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", STAND_IN], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert stand_in.stdout is not None
+    keeper_pid, guarded, unguarded = map(int, stand_in.stdout.readline().split())
+    try:
+        wait_until(lambda: len(group_members(guarded)) == 3)  # sh and its two sleeps
+        stand_in.kill()
+        stand_in.wait()
+        wait_until(lambda: group_members(guarded) == [])
+        wait_until(lambda: not alive(keeper_pid))
+        assert alive(unguarded)  # unregistered: not the keeper's to kill
+    finally:
+        stand_in.stdout.close()
+        for pgid in (guarded, unguarded):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_close_lets_the_keeper_go_without_killing(keeper: Keeper, group: int) -> None:
+    keeper.register(group)
+    keeper.close()
+    assert keeper._process.returncode == 0
+    assert alive(group)
+
+
+def ignored_signals(pid: int) -> set[signal.Signals]:
+    with open(f"/proc/{pid}/status") as f:
+        mask = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    return {sig for sig in signal.Signals if mask & (1 << (sig - 1))}
+
+
+def test_the_keeper_ignores_termination_signals(keeper: Keeper, group: int) -> None:
+    deaf_to = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    wait_until(lambda: deaf_to <= ignored_signals(keeper.pid))  # its program has started
+    keeper.register(group)
+    for sig in deaf_to:
+        os.kill(keeper.pid, sig)
+    keeper.close()
+    assert keeper._process.returncode == 0  # not -SIGTERM: it was alive to hear "q"
+    assert alive(group)
+
+
+def test_writes_never_block_even_when_the_keeper_stalls(keeper: Keeper) -> None:
+    os.kill(keeper.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for pgid in range(100_000, 130_000):  # far more than a pipe holds
+            keeper.unregister(pgid)
+        assert time.monotonic() - started < 1.0
+    finally:
+        os.kill(keeper.pid, signal.SIGCONT)
+    keeper.close()  # flushes what waited in memory, then "q"
+    assert keeper._process.returncode == 0
+
+
+def test_close_is_idempotent(keeper: Keeper) -> None:
+    keeper.close()
+    keeper.close()
+    keeper.register(1234)  # after close: ignored, never raises
