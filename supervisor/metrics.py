@@ -1,0 +1,98 @@
+"""Prometheus metrics, read from the supervisor at scrape time.
+
+Nothing is counted per event: a state change, a restart or an exit costs the metrics
+nothing. `SupervisorCollector.collect()` walks `Supervisor.slots` when Prometheus scrapes
+(O(agents) per scrape), which is cheaper than keeping thousands of gauges current. The
+one thing counted as it happens is API requests, by the API's own middleware.
+
+Each agent's state is one sample, ``supervisor_agent_state{agent, state} 1``, for the
+state it is in now: with 10,000 agents the enum form (one sample per possible state)
+would be 70,000 series. Prometheus marks the previous state's series stale at the next
+scrape, so ``supervisor_agent_state{state="failed"} == 1`` still alerts as expected.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from supervisor.supervisor import Supervisor
+
+# (route template, method, status code) -> requests answered
+RequestCounts = Counter[tuple[str, str, str]]
+
+
+class SupervisorCollector:
+    """A prometheus-client collector for one supervisor (and its API's request counts).
+
+    Register it in a `CollectorRegistry`; `collect()` must run in the supervisor's trio
+    thread (the API's /metrics handler does), since it reads trio time.
+    """
+
+    def __init__(self, sup: Supervisor, requests: RequestCounts | None = None) -> None:
+        self.sup = sup
+        self.requests: RequestCounts = requests if requests is not None else Counter()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._agents()
+        yield from self._reloads()
+        requests = CounterMetricFamily(
+            "supervisor_api_requests",
+            "HTTP API requests answered, by route template, method and status code",
+            labels=["route", "method", "code"],
+        )
+        for labels, count in sorted(self.requests.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+
+    def _agents(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "supervisor_agent_state",
+            "1 for the state each agent is in now",
+            labels=["agent", "state"],
+        )
+        up = GaugeMetricFamily(
+            "supervisor_agent_up", "1 if the agent is running or exited ok", labels=["agent"]
+        )
+        restarts = CounterMetricFamily(
+            "supervisor_agent_restarts",
+            "restarts by policy since the agent was loaded",
+            labels=["agent"],
+        )
+        uptime = GaugeMetricFamily(
+            "supervisor_agent_uptime_seconds",
+            "seconds since the agent became running (0 when not running)",
+            labels=["agent"],
+        )
+        now = trio.current_time()
+        for agent_id, slot in self.sup.slots.items():
+            state.add_metric([agent_id, slot.state], 1)
+            up.add_metric([agent_id], 1 if slot.up else 0)
+            restarts.add_metric([agent_id], slot.restarts)
+            seconds = 0.0
+            if slot.state == "running" and slot.started_at is not None:
+                seconds = now - slot.started_at
+            uptime.add_metric([agent_id], seconds)
+        agents = GaugeMetricFamily("supervisor_agents", "agents in the slot table")
+        agents.add_metric([], len(self.sup.slots))
+        yield from (agents, state, up, restarts, uptime)
+
+    def _reloads(self) -> Iterator[Metric]:
+        reloads = CounterMetricFamily(
+            "supervisor_reloads", "reloads of the manifest, by result", labels=["result"]
+        )
+        reloads.add_metric(["ok"], self.sup.reloads_ok)
+        reloads.add_metric(["failed"], self.sup.reloads_failed)
+        yield reloads
+        if self.sup.last_reload is not None:
+            last = GaugeMetricFamily(
+                "supervisor_last_reload_timestamp_seconds",
+                "wall time of the last successful reload",
+            )
+            last.add_metric([], self.sup.last_reload)
+            yield last
