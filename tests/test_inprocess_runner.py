@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -66,8 +67,9 @@ async def run(spec: AgentSpec) -> tuple[Outcome, list[str]]:
     return outcome, hooks.events
 
 
-async def run_and_stop(spec: AgentSpec, hooks: Recorder, when: str) -> float:
-    """Run `spec`, stop it once `hooks` saw `when`; return the seconds the stop took.
+async def run_and_stop(spec: AgentSpec, hooks: Recorder, when: str, then: float = 0) -> float:
+    """Run `spec`, stop it `then` seconds after `hooks` saw `when`; return the seconds the
+    stop took.
 
     Checks the contract's end of a stop: a bare `trio.Cancelled` out of the runner.
     """
@@ -78,6 +80,7 @@ async def run_and_stop(spec: AgentSpec, hooks: Recorder, when: str) -> float:
     async def stop() -> None:
         nonlocal stopped_at
         await hooks.wait_for(when)
+        await trio.sleep(then)
         stopped_at = trio.current_time()
         scope.cancel()
 
@@ -245,10 +248,12 @@ async def test_the_root_comes_first_on_the_import_path(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     name = write_module(tmp_path, "async def main(ctx):\n    ctx.status(__file__)\n")
+    sys.path.append(str(tmp_path))  # present, but last: it must still come first
     with trio.fail_after(5):
         _, events = await run(make_spec(entry=f"{name}:main", root=tmp_path))
     assert events[-1] == str(tmp_path / f"{name}.py")
     assert sys.path[0] == str(tmp_path)
+    assert sys.path.count(str(tmp_path)) == 1
 
 
 # --- Readiness ---------------------------------------------------------------------------
@@ -482,3 +487,32 @@ async def test_a_folder_module_that_clashes_with_a_loaded_one_is_refused(
             f"{textwrap.__file__}; rename the folder's 'textwrap'"
         ),
     )
+
+
+# --- The guide's examples ----------------------------------------------------------------
+
+GUIDE = Path(__file__).parent.parent / "docs" / "agents.md"
+
+
+def guide_examples() -> list[str]:
+    """The Python examples of the guide's "In-process agents" section."""
+    section = GUIDE.read_text().split("\n## In-process agents\n")[1].split("\n## ")[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("source", guide_examples())
+async def test_the_guides_examples_run_and_stop_cleanly(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    source: str,
+) -> None:
+    name = write_module(tmp_path, source)
+    ready = "notify" if "ctx.ready()" in source else "immediate"
+    hooks = Recorder()
+    with trio.fail_after(30):
+        took = await run_and_stop(
+            make_spec(entry=f"{name}:main", root=tmp_path, ready=ready), hooks, "ready", then=5
+        )
+    assert took <= 10  # the default stop_timeout
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -42,7 +42,7 @@ Agent folders
   folder's current files, and two folders that both have an ``agent.py`` each get their
   own. Their code is compiled from source each time: no ``__pycache__`` is read (a stale
   one could hide an edit made within the same second) or written (the folder stays as
-  the user left it). Modules imported later, while the agent runs, come from
+  the user left it, and may be read-only). Modules imported later, while the agent runs, come from
   `sys.modules` or the ordinary import path, which does not include the folder: import
   the folder's modules at the top of ``agent.py``.
 """
@@ -58,6 +58,7 @@ import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from types import CodeType, ModuleType
 from typing import TypeGuard
@@ -248,9 +249,10 @@ def load_entry(spec: AgentSpec) -> AgentMain:
     """Import and return the async callable that ``spec.entry`` names.
 
     ``spec.root`` comes first on the import path. For an agent that is not a folder it
-    is put at the front of `sys.path` once and kept there, as a script's folder is, so the
-    agent can import more of its package later; there is one such entry per manifest
-    folder. A folder agent (``spec.path`` set) is imported fresh from ``spec.root`` on
+    is moved to the front of `sys.path` (if not already there) and kept there, as a
+    script's folder is, so the agent can import more of its package while it runs; that
+    is one entry per manifest folder, not per start. Its modules are imported once and
+    shared by later starts, as any import is. A folder agent (``spec.path`` set) is imported fresh from ``spec.root`` on
     every call instead, and `sys.path` does not change (see the module's docstring).
 
     Accepted entries are ``async def`` functions and objects whose ``__call__`` is one
@@ -304,10 +306,12 @@ def _is_async_callable(target: object) -> TypeGuard[AgentMain]:
 
 
 def _import_from_root(module_name: str, root: Path) -> ModuleType:
-    if str(root) not in sys.path:
+    if sys.path[:1] != [str(root)]:
+        if str(root) in sys.path:
+            sys.path.remove(str(root))
         sys.path.insert(0, str(root))
     # A folder agent's module of the same name must not stand in for the root's.
-    _FolderModules.forget(_top(module_name), folder=None)
+    _FolderModules.forget({_top(module_name)}, folder=None)
     return importlib.import_module(module_name)
 
 
@@ -315,7 +319,7 @@ def _import_fresh(module_name: str, folder: Path) -> ModuleType:
     """Import `module_name` from `folder` anew; imports are synchronous, so no other task
     runs between adding the finder and removing it."""
     finder = _FolderFinder(folder)
-    _FolderModules.forget(*finder.names, folder=finder.folder)
+    _FolderModules.forget(finder.names, folder=finder.folder)
     top = _top(module_name)
     if top in finder.names and top in sys.modules:
         # Not loaded from an agent folder (those were just forgotten): dropping it could
@@ -352,7 +356,7 @@ class _FolderModules:
                 cls._loaded[spec.name] = (finder.folder, module)
 
     @classmethod
-    def forget(cls, *tops: str, folder: str | None) -> None:
+    def forget(cls, tops: AbstractSet[str], folder: str | None) -> None:
         """Drop from `sys.modules` what was loaded from `folder` or under any of `tops`."""
         for name, (origin, module) in list(cls._loaded.items()):
             if origin == folder or _top(name) in tops:
@@ -413,7 +417,8 @@ class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
 
     A ``.pyc`` is trusted when its source's mtime (in whole seconds) and size match, so
     an edit that keeps the size within the same second would run the old code; and
-    writing one would change the folder, whose files decide whether it changed.
+    writing one would put files in a folder that is the user's (or read-only: a
+    Kubernetes ConfigMap). Compiling an agent's few modules per start costs little.
     """
 
     def get_code(self, fullname: str) -> CodeType:
