@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -346,3 +347,44 @@ async def test_notify_agent_that_never_says_ready(
     assert hooks.statuses == ["still booting"]
     assert hooks.ready_calls == 0
     assert lines(output) == ["notify:0"]  # the barrier was answered, promptly
+
+
+async def test_running_out_of_descriptors_is_a_failed_start_that_leaks_nothing(
+    tmp_path: Path, hooks: Recorder
+) -> None:
+    # Each limit makes a different step of the start fail: the notify socket, a pipe,
+    # Popen's own descriptors. Whichever it is, no descriptor and no child is left.
+    open_fds = len(os.listdir("/proc/self/fd"))  # counts the listing's own fd too
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    outcomes = set()
+    try:
+        for limit in range(open_fds - 2, open_fds + 10):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            with trio.fail_after(5):
+                outcomes.add(await run_process(spec(tmp_path, "true", ready="notify"), hooks))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            assert len(os.listdir("/proc/self/fd")) == open_fds
+            assert children() == []
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert outcomes == {
+        Outcome(code=0),
+        Outcome(
+            start_failed=True,
+            error="cannot start 'true': too many open files (raise the limit: ulimit -n)",
+        ),
+    }
+
+
+def children() -> list[int]:
+    """Our live child processes."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (OSError, ValueError):
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found

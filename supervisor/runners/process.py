@@ -30,7 +30,7 @@ import signal
 import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from typing import TypeVarTuple
 
 import trio
@@ -80,8 +80,9 @@ async def run_process(spec: AgentSpec, hooks: Hooks, *, keeper: Keeper | None = 
     """
     if not spec.command:
         return Outcome(start_failed=True, error="command is empty")
-    async with _maybe_notify_socket(spec) as notify:
+    async with AsyncExitStack() as stack:
         try:
+            notify = await stack.enter_async_context(_maybe_notify_socket(spec))
             child = _Child.spawn(spec, _environment(spec, notify))
         except (OSError, ValueError) as exc:
             return Outcome(start_failed=True, error=_start_error(exc, spec))
@@ -227,6 +228,8 @@ def _start_error(exc: OSError | ValueError, spec: AgentSpec) -> str:
         if (spec.cwd / program).is_dir():
             return f"permission denied: {program!r} is a directory"
         return f"permission denied: {program!r} is not executable"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"cannot start {program!r}: too many open files (raise the limit: ulimit -n)"
     if exc.errno == errno.ENOEXEC:
         return f"cannot run {program!r}: not an executable format (a script needs a #! line)"
     return f"cannot start {program!r}: {exc.strerror}"
@@ -235,22 +238,34 @@ def _start_error(exc: OSError | ValueError, spec: AgentSpec) -> str:
 class _Child:
     """A spawned group leader: its Popen, a pidfd to await its exit, its output pipes."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], stdout_fd: int, stderr_fd: int) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], pidfd: int, stdout_fd: int, stderr_fd: int
+    ) -> None:
         self._popen = popen
         self.pid = popen.pid
-        # pidfd_open works on a zombie too, so a child that already exited is fine.
-        self._pidfd = os.pidfd_open(popen.pid)
+        self._pidfd = pidfd
         self.stdout_fd = stdout_fd
         self.stderr_fd = stderr_fd
         self.outcome = Outcome(error="the process was not reaped")
 
     @classmethod
     def spawn(cls, spec: AgentSpec, env: dict[str, str]) -> _Child:
-        """Start the child in a new process group. Raises OSError/ValueError if it cannot."""
+        """Start the child in a new process group. Raises OSError/ValueError if it cannot.
+
+        On failure nothing is left behind: no descriptor, and no child (one spawned
+        before a later step failed, say pidfd_open hitting the fd limit, is killed).
+        """
         assert spec.command
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        try:
+        # Like trio's open_process: the child's pipe ends are always closed here (it
+        # has its copies, and ours would keep the pipes from reaching EOF); ours only
+        # if the spawn fails.
+        with ExitStack() as always, ExitStack() as on_failure:
+            stdout_r, stdout_w = os.pipe()
+            on_failure.callback(os.close, stdout_r)
+            always.callback(os.close, stdout_w)
+            stderr_r, stderr_w = os.pipe()
+            on_failure.callback(os.close, stderr_r)
+            always.callback(os.close, stderr_w)
             popen = subprocess.Popen(
                 spec.command,
                 stdin=subprocess.DEVNULL,
@@ -260,15 +275,11 @@ class _Child:
                 env=env,
                 process_group=0,
             )
-        except BaseException:
-            os.close(stdout_r)
-            os.close(stderr_r)
-            raise
-        finally:
-            # The child has its copies; ours would keep the pipes from reaching EOF.
-            os.close(stdout_w)
-            os.close(stderr_w)
-        return cls(popen, stdout_r, stderr_r)
+            on_failure.callback(_kill_now, popen)
+            # pidfd_open works on a zombie too, so a child that already exited is fine.
+            pidfd = os.pidfd_open(popen.pid)
+            on_failure.pop_all()
+        return cls(popen, pidfd, stdout_r, stderr_r)
 
     async def wait_exited(self) -> None:
         """Return once the leader has exited (it stays a zombie until `reap`)."""
@@ -307,6 +318,12 @@ class _Child:
         """
         trio.lowlevel.notify_closing(self._pidfd)
         os.close(self._pidfd)
+
+
+def _kill_now(popen: subprocess.Popen[bytes]) -> None:
+    """Undo a spawn: SIGKILL the new group and reap its leader (dead within a moment)."""
+    os.killpg(popen.pid, signal.SIGKILL)
+    popen.wait()
 
 
 class _Relay:
