@@ -85,6 +85,9 @@ async def run_process(spec: AgentSpec, hooks: Hooks, *, keeper: Keeper | None = 
     async with AsyncExitStack() as stack:
         try:
             notify = await stack.enter_async_context(_maybe_notify_socket(spec))
+        except OSError as exc:
+            return Outcome(start_failed=True, error=_notify_socket_error(exc, spec))
+        try:
             child = _Child.spawn(spec, _environment(spec, notify))
         except (OSError, ValueError) as exc:
             return Outcome(start_failed=True, error=_start_error(exc, spec))
@@ -212,12 +215,24 @@ def _environment(spec: AgentSpec, notify: NotifySocket | None) -> dict[str, str]
     return env
 
 
+def _notify_socket_error(exc: OSError, spec: AgentSpec) -> str:
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return _start_error(exc, spec)
+    where = f" ({exc.filename})" if exc.filename else ""
+    return (
+        f"cannot create a $NOTIFY_SOCKET: {exc.strerror or exc}{where}; "
+        "set TMPDIR to a writable folder"
+    )
+
+
 def _start_error(exc: OSError | ValueError, spec: AgentSpec) -> str:
     """Why the spawn failed, in words a user can act on."""
     assert spec.command
     program, cwd = spec.command[0], str(spec.cwd)
     if isinstance(exc, ValueError):
         return f"cannot start {program!r}: {exc}"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"cannot start {program!r}: too many open files (raise the limit: ulimit -n)"
     if exc.filename == cwd and program != cwd:
         if isinstance(exc, FileNotFoundError):
             return f"cwd does not exist: {cwd!r}"
@@ -232,8 +247,6 @@ def _start_error(exc: OSError | ValueError, spec: AgentSpec) -> str:
         if (spec.cwd / program).is_dir():
             return f"permission denied: {program!r} is a directory"
         return f"permission denied: {program!r} is not executable"
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return f"cannot start {program!r}: too many open files (raise the limit: ulimit -n)"
     if exc.errno == errno.ENOEXEC:
         return f"cannot run {program!r}: not an executable format (a script needs a #! line)"
     return f"cannot start {program!r}: {exc.strerror}"
