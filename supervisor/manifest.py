@@ -58,14 +58,20 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 KIND_KEYS = ("entry", "command", "path")
 FOLDER_FILES = ("agent.toml", "agent.json")
 FOLDER_ENTRY = "agent:main"  # the entry of a folder that holds only an agent.py
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+ENTRY_PATTERN = rf"^{_NAME}(\.{_NAME})*:{_NAME}(\.{_NAME})*$"  # "pkg.mod:func" or "mod:obj.attr"
 
 T = TypeVar("T")
 A = TypeVar("A", bound=AttrsInstance)
 
 
-def _doc(text: str, **limits: float) -> dict[str, Any]:
-    """Field metadata: the description editors show (via `json_schema`), and limits."""
-    return {"doc": text, **limits}
+def _doc(text: str, **rules: Any) -> dict[str, Any]:
+    """Field metadata: the description editors show (via `json_schema`), and rules.
+
+    Rules hold for the loader and the schema alike: `minimum` and `maximum` (of a
+    number, or of each item of an array), `pattern` (of a string), `non_empty`.
+    """
+    return {"doc": text, **rules}
 
 
 # --- The resolved models: what the rest of the supervisor sees ---------------------
@@ -193,21 +199,24 @@ class AgentKeys:
         default=None,
         metadata=_doc(
             'in-process agent: an async callable "module:function", imported with the'
-            " manifest's folder first on the import path"
+            " manifest's folder first on the import path",
+            pattern=ENTRY_PATTERN,
         ),
     )
     command: tuple[str, ...] | str | None = attrs.field(
         default=None,
         metadata=_doc(
             "process agent: the command line, an array or a string split like a shell;"
-            " it runs in its own process group"
+            " it runs in its own process group",
+            non_empty=True,
         ),
     )
     path: str | None = attrs.field(
         default=None,
         metadata=_doc(
             "folder agent: a folder holding agent.toml or agent.json (agent keys) and its"
-            ' code; with only an agent.py, the entry is "agent:main" imported from it'
+            ' code; with only an agent.py, the entry is "agent:main" imported from it',
+            non_empty=True,
         ),
     )
     params: dict[str, Any] | None = attrs.field(
@@ -757,7 +766,7 @@ def _agent(
     """
     where = f"agents.{_toml_key(agent_id)}"
     given = [key for key in KIND_KEYS if isinstance(table, dict) and table.get(key) is not None]
-    if len(given) != 1:
+    if len(given) != 1 and isinstance(table, dict):
         problems.add(label, where, _kinds_message(given, KIND_KEYS))
     own = _read_layer(table, label=label, where=where, base=base, problems=problems)
     if own is None or len(given) != 1:
@@ -800,7 +809,7 @@ def _read_layer(
     return values
 
 
-_ENTRY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_ENTRY = re.compile(ENTRY_PATTERN)
 
 
 def _value_problems(values: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
@@ -814,8 +823,24 @@ def _value_problems(values: dict[str, Any], where: str) -> Iterator[tuple[str, s
     for name in values.get("env", {}):
         if not name or "=" in name or "\0" in name:
             yield _join(f"{where}.env", name), 'must be a variable name, without "="'
+    # TOML has no null: a params table from JSON with one could not be kept in a
+    # state file, nor written in a manifest.
+    for path in _nulls(values.get("params", {}), f"{where}.params"):
+        yield path, "must not be null (TOML has no null; leave the key out)"
     if values.get("path") == "":
         yield f"{where}.path", "must not be empty"
+
+
+def _nulls(value: Any, where: str) -> Iterator[str]:
+    """The paths of the nulls inside `value`."""
+    if value is None:
+        yield where
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nulls(item, _join(where, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nulls(item, f"{where}[{i}]")
 
 
 def _limit_problems(cls: type, values: Mapping[str, Any], where: str) -> Iterator[tuple[str, str]]:
@@ -1122,7 +1147,9 @@ _COMMAND_TYPE = tuple[str, ...] | str | None
 def _command_hook(_: Any, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
     words = converter.get_structure_hook(tuple[str, ...])
 
-    def structure(value: Any, _: Any) -> tuple[str, ...]:
+    def structure(value: Any, _: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
         if isinstance(value, str):
             try:
                 command = tuple(shlex.split(value))
@@ -1233,16 +1260,27 @@ def _object_schema(cls: type, *, defaults_from: type, omit: Collection[str] = ()
         if field.name in omit:
             continue
         schema = _type_schema(field.type)
-        limits = {
-            key: field.metadata[key] for key in ("minimum", "maximum") if key in field.metadata
-        }
-        (schema["items"] if schema.get("type") == "array" else schema).update(limits)
+        _add_rules(schema, field.metadata)
         schema["description"] = field.metadata["doc"]
         default = defaults[field.name].default if field.name in defaults else attrs.NOTHING
         if default is not attrs.NOTHING:
             schema["default"] = _schema_default(default)
         properties[field.name] = schema
     return {"description": (cls.__doc__ or "").split("\n")[0], **_closed(properties)}
+
+
+def _add_rules(schema: dict[str, Any], rules: Mapping[str, Any]) -> None:
+    """Add a field's metadata rules (see `_doc`) to its schema, in place."""
+    limits = {key: rules[key] for key in ("minimum", "maximum") if key in rules}
+    for member in schema.get("anyOf", [schema]):
+        if member.get("type") == "array":
+            member["items"].update(limits)
+            member.update({"minItems": 1} if rules.get("non_empty") else {})
+        elif member.get("type") == "string":
+            member.update({"pattern": rules["pattern"]} if "pattern" in rules else {})
+            member.update({"minLength": 1} if rules.get("non_empty") else {})
+        else:
+            member.update(limits)
 
 
 def _schema_default(default: Any) -> Any:
