@@ -173,6 +173,13 @@ async def test_system_exit_is_its_exit_code(
         assert (await run(agent("exits", params={"code": code})))[0] == outcome
 
 
+async def test_system_exit_in_a_child_task_is_its_exit_code(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(5):
+        assert (await run(agent("exits_in_child")))[0] == Outcome(code=4)
+
+
 async def test_keyboard_interrupt_propagates(autojump_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(5), pytest.raises(KeyboardInterrupt):
         await run(agent("interrupts"))
@@ -474,7 +481,36 @@ async def test_a_broken_folder_agent_fails_to_start_until_fixed(
         assert (await run(spec))[0] == Outcome(code=0)
 
 
-async def test_a_folder_module_that_clashes_with_a_loaded_one_is_refused(
+async def test_a_module_deleted_from_a_folder_is_not_served_from_an_earlier_start(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    folder = tmp_path / "shrinking"
+    files = {"agent.py": FOLDER_AGENT.replace("sleep(1)", "sleep(0)"), "helper.py": "NAME = 1"}
+    spec = write_folder(folder, files)
+    with trio.fail_after(5):
+        assert (await run(spec))[0] == Outcome(code=0)
+        (folder / "helper.py").unlink()
+        assert (await run(spec))[0] == Outcome(
+            start_failed=True,
+            error="cannot import 'agent:main': ModuleNotFoundError: No module named 'helper'",
+        )
+
+
+async def test_a_root_module_is_not_shadowed_by_a_folders_module_of_that_name(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    source = "async def main(ctx):\n    ctx.status(__file__)\n"
+    folder_spec = write_folder(tmp_path / "folder", {"agent.py": source})
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "agent.py").write_text(source)
+    root_spec = make_spec(entry="agent:main", root=tmp_path / "root")
+    with trio.fail_after(5):
+        said = [(await run(spec))[1][-1] for spec in (folder_spec, root_spec, folder_spec)]
+    assert said == [str(tmp_path / f / "agent.py") for f in ("folder", "root", "folder")]
+    assert sys.modules["agent"].__file__ == str(tmp_path / "root" / "agent.py")  # given back
+
+
+async def test_a_folder_entry_named_like_a_library_module_is_refused(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     spec = write_folder(tmp_path / "clash", {"textwrap.py": "async def main(ctx):\n    pass\n"})

@@ -40,23 +40,30 @@ Agent folders
   modules that an earlier import loaded from this folder, or from another folder under
   a name this folder also has, are dropped from `sys.modules`, so every start runs the
   folder's current files, and two folders that both have an ``agent.py`` each get their
-  own. Their code is compiled from source each time: no ``__pycache__`` is read (a stale
-  one could hide an edit made within the same second) or written (the folder stays as
-  the user left it, and may be read-only). Modules imported later, while the agent runs, come from
-  `sys.modules` or the ordinary import path, which does not include the folder: import
-  the folder's modules at the top of ``agent.py``.
+  own. Other agents' modules of those names (the manifest folder's ``helper.py``) are
+  set aside during the import and given back after it. Libraries' modules (the standard
+  library's, installed packages') are not: a folder's ``logging.py`` is not used once
+  ``logging`` is loaded, as in any Python program, and an entry module named like one
+  is refused. Code is compiled from source each time: no ``__pycache__`` is read (a
+  stale one could hide an edit made within the same second) or written (the folder
+  stays as the user left it, and may be read-only). Modules imported later, while the
+  agent runs, come from `sys.modules` or the ordinary import path, which does not
+  include the folder: import the folder's modules at the top of ``agent.py``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import inspect
 import os
+import site
 import sys
+import sysconfig
 from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -136,10 +143,10 @@ class _AgentRun:
             nursery.cancel_scope.cancel()
         if self._interrupt is not None:
             raise self._interrupt
-        if self._stop_requested:
-            # The stop's cancellation was handed to the agent, which has now finished;
-            # the outer scope is still cancelled, so this checkpoint raises it again.
-            await trio.lowlevel.checkpoint()
+        # After a stop the agent got the cancellation and has finished with it, but the
+        # scope outside is still cancelled: this raises the stop's Cancelled once more,
+        # for the caller. (Cancelled just as the agent ended by itself, it wins too.)
+        await trio.lowlevel.checkpoint_if_cancelled()
         return outcome
 
     async def _wait_for_stop(self) -> None:
@@ -175,9 +182,11 @@ class _AgentRun:
             # agent that raised a cancellation of its own making.
             return Outcome(error=_describe(exc))
         outcome = _exit_outcome(errors)
+        if _lone_exit(errors) is not None:
+            return outcome  # not a crash: no traceback to show
         if self._stop_requested:
             self._ctx.log.warning("raised while stopping: %s", outcome.error, exc_info=errors)
-        elif outcome.error is not None and not isinstance(errors, SystemExit):
+        else:
             self._ctx.log.error("crashed: %s", outcome.error, exc_info=errors)
         return outcome
 
@@ -201,18 +210,26 @@ def _exit_outcome(exc: BaseException) -> Outcome:
     A group with one leaf counts as that leaf: with trio's strict exception groups an
     error in a nursery's child arrives wrapped, and the user raised the leaf.
     """
+    exit_ = _lone_exit(exc)
+    if exit_ is not None:
+        if exit_.code is None or isinstance(exit_.code, int):
+            return Outcome(code=exit_.code or 0)
+        return Outcome(code=1, error=str(exit_.code))  # sys.exit("message"), as Python does
     leaves = _leaves(exc)
-    if len(leaves) == 1 and isinstance(leaves[0], SystemExit):
-        code = leaves[0].code
-        if code is None or isinstance(code, int):
-            return Outcome(code=code or 0)
-        return Outcome(code=1, error=str(code))  # sys.exit("message"), as Python does
     if len(leaves) == 1:
         return Outcome(error=_describe(leaves[0]))
     listed = [_describe(leaf) for leaf in leaves[:_LISTED_LEAVES]]
     if len(leaves) > _LISTED_LEAVES:
         listed.append(f"and {len(leaves) - _LISTED_LEAVES} more")
     return Outcome(error=f"{len(leaves)} exceptions: " + "; ".join(listed))
+
+
+def _lone_exit(exc: BaseException) -> SystemExit | None:
+    """The `SystemExit` that `exc` is, alone or as the one leaf of a group."""
+    leaves = _leaves(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], SystemExit):
+        return leaves[0]
+    return None
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -316,23 +333,59 @@ def _import_from_root(module_name: str, root: Path) -> ModuleType:
 
 
 def _import_fresh(module_name: str, folder: Path) -> ModuleType:
-    """Import `module_name` from `folder` anew; imports are synchronous, so no other task
-    runs between adding the finder and removing it."""
+    """Import `module_name` from `folder` anew.
+
+    Imports are synchronous, so no other task runs while the finder is in place and
+    other agents' modules are hidden.
+    """
     finder = _FolderFinder(folder)
     _FolderModules.forget(finder.names, folder=finder.folder)
     top = _top(module_name)
-    if top in finder.names and top in sys.modules:
-        # Not loaded from an agent folder (those were just forgotten): dropping it could
-        # break whoever imported it, and importing over it would run the wrong code.
-        where = getattr(sys.modules[top], "__file__", None) or "elsewhere"
+    if top in finder.names and _is_library(sys.modules.get(top)):
+        # Hiding a library's module, even for a moment, could hand the folder's to any
+        # library imported meanwhile; and importing from the library would run the
+        # wrong code.
+        where = getattr(sys.modules[top], "__file__", None) or "the standard library"
         message = f"{top!r} is already loaded from {where}; rename the folder's {top!r}"
         raise ImportError(message)
+    hidden = _hide_agent_modules(finder.names)
     sys.meta_path.insert(0, finder)
     try:
         return importlib.import_module(module_name)
     finally:
         sys.meta_path.remove(finder)
+        sys.modules.update(hidden)
         _FolderModules.remember(finder)
+
+
+def _hide_agent_modules(names: AbstractSet[str]) -> dict[str, ModuleType]:
+    """Take out of `sys.modules`, to be put back, modules under `names` that are other
+    agents' code (the manifest's folder's ``helpers.py``, say), so that for this import
+    the folder's own modules of those names win. Libraries' modules stay: a folder's
+    ``logging.py`` does not replace the standard library's, as in any Python program
+    that has already imported it."""
+    hidden: dict[str, ModuleType] = {}
+    for top in names:
+        if top in sys.modules and not _is_library(sys.modules[top]):
+            for name in [top, *(n for n in sys.modules if n.startswith(top + "."))]:
+                hidden[name] = sys.modules.pop(name)
+    return hidden
+
+
+def _is_library(module: ModuleType | None) -> bool:
+    """Whether `module` is part of Python or of an installed package (not agent code)."""
+    if module is None:
+        return False
+    filename = getattr(module, "__file__", None)
+    return filename is None or filename.startswith(_library_folders())
+
+
+@functools.cache
+def _library_folders() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    folders = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    folders.update(site.getsitepackages(), [site.getusersitepackages()])
+    return tuple(os.path.join(folder, "") for folder in folders)
 
 
 def _top(module_name: str) -> str:

@@ -38,6 +38,14 @@ async def exits(ctx: AgentContext) -> None:
     raise SystemExit(ctx.params["code"])
 
 
+async def exits_in_child(ctx: AgentContext) -> None:
+    async def child() -> None:
+        raise SystemExit(4)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child)
+
+
 async def interrupts(ctx: AgentContext) -> None:
     raise KeyboardInterrupt
 
