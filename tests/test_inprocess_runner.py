@@ -99,7 +99,7 @@ async def run_and_stop(spec: AgentSpec, hooks: Recorder, when: str, then: float 
 
 @pytest.fixture(autouse=True)
 def _forget_tmp_modules(tmp_path: Path) -> Iterator[None]:
-    """Leave sys.path and sys.modules as they were, but for the tests' own agents."""
+    """Put sys.path back as it was, and drop the modules the test loaded from tmp_path."""
     path = list(sys.path)
     yield
     sys.path[:] = path
@@ -211,24 +211,25 @@ M = "agents.inproc_agents"
 
 
 @pytest.mark.parametrize(
-    ("entry", "error"),
+    ("entry", "error"),  # {M}: the agents' module; {E}: the entry, quoted
     [
-        ("nosuch.mod:main", "cannot import 'nosuch.mod:main': ModuleNotFoundError: No module named 'nosuch'"),
-        (f"{M}:nothing", f"cannot import '{M}:nothing': module '{M}' has no attribute 'nothing'"),
-        (f"{M}:Service.nothing", f"cannot import '{M}:Service.nothing': '{M}:Service' has no attribute 'nothing'"),
-        (f"{M}:service.run.x", f"cannot import '{M}:service.run.x': '{M}:service.run' has no attribute 'x'"),
-        (M, f"cannot import '{M}': an entry looks like 'pkg.mod:func'"),
-        (f"{M}:not_async", f"'{M}:not_async' is not an async function"),
-        (f"{M}:NOT_CALLABLE", f"'{M}:NOT_CALLABLE' is not an async function"),
-        (f"{M}:Service", f"'{M}:Service' is not an async function"),
+        ("nosuch.mod:main", "cannot import {E}: ModuleNotFoundError: No module named 'nosuch'"),
+        ("{M}:nothing", "cannot import {E}: module '{M}' has no attribute 'nothing'"),
+        ("{M}:Service.nothing", "cannot import {E}: '{M}:Service' has no attribute 'nothing'"),
+        ("{M}:service.run.x", "cannot import {E}: '{M}:service.run' has no attribute 'x'"),
+        ("{M}", "cannot import {E}: an entry looks like 'pkg.mod:func'"),
+        ("{M}:not_async", "{E} is not an async function"),
+        ("{M}:NOT_CALLABLE", "{E} is not an async function"),
+        ("{M}:Service", "{E} is not an async function"),
     ],
-)  # fmt: skip
+)
 async def test_an_entry_that_cannot_load_is_a_failed_start(
     autojump_clock: trio.testing.MockClock, entry: str, error: str
 ) -> None:
+    entry = entry.format(M=M)
     with trio.fail_after(5):
         outcome, events = await run(make_spec(entry=entry))
-    assert outcome == Outcome(start_failed=True, error=error)
+    assert outcome == Outcome(start_failed=True, error=error.format(M=M, E=repr(entry)))
     assert events == []  # never launched
 
 

@@ -269,8 +269,9 @@ def load_entry(spec: AgentSpec) -> AgentMain:
     is moved to the front of `sys.path` (if not already there) and kept there, as a
     script's folder is, so the agent can import more of its package while it runs; that
     is one entry per manifest folder, not per start. Its modules are imported once and
-    shared by later starts, as any import is. A folder agent (``spec.path`` set) is imported fresh from ``spec.root`` on
-    every call instead, and `sys.path` does not change (see the module's docstring).
+    shared by later starts, as any import is. A folder agent (``spec.path`` set) is
+    imported fresh from ``spec.root`` on every call instead, and `sys.path` does not
+    change (see the module's docstring).
 
     Accepted entries are ``async def`` functions and objects whose ``__call__`` is one
     (methods and `functools.partial` included); checking never calls the entry. A plain
