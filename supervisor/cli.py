@@ -32,7 +32,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for spec in m.agents.values():
         kinds[spec.kind] = kinds.get(spec.kind, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no agents"
-    print(f"{path}: ok, {len(m.agents)} agents ({summary})")
+    count = len(m.agents)
+    print(f"{path}: ok, {count} agent{'s' * (count != 1)} ({summary})")
     return 0
 
 

@@ -767,7 +767,9 @@ def _agent(
     where = f"agents.{_toml_key(agent_id)}"
     given = [key for key in KIND_KEYS if isinstance(table, dict) and table.get(key) is not None]
     if len(given) != 1 and isinstance(table, dict):
-        problems.add(label, where, _kinds_message(given, KIND_KEYS))
+        problems.add(
+            label, where, _kinds_message(given, KIND_KEYS) + _dotted_id_hint(agent_id, table)
+        )
     own = _read_layer(table, label=label, where=where, base=base, problems=problems)
     if own is None or len(given) != 1:
         return None
@@ -779,6 +781,15 @@ def _agent(
     values = _merge(defaults, folder.values, own)
     values["path"] = folder.path
     return _spec(agent_id, values, root=folder.path, digest=folder.digest)
+
+
+def _dotted_id_hint(agent_id: str, table: dict[str, Any]) -> str:
+    """A hint for ``[agents.api.v2]``, which TOML reads as agent "api" with a table "v2"."""
+    for key, value in table.items():
+        if isinstance(value, dict) and any(kind in value for kind in KIND_KEYS):
+            dotted = json.dumps(f"{agent_id}.{key}")
+            return f"; for the id {dotted}, quote it: [agents.{dotted}]"
+    return ""
 
 
 def _kinds_message(given: Sequence[str], allowed: Sequence[str]) -> str:
