@@ -1270,7 +1270,8 @@ _converter = _make_converter()
 # --- JSON Schema ------------------------------------------------------------------------
 
 # JSON Schema applies every matching patternProperties entry: keep `x-` keys out of ids.
-_SCHEMA_ID_PATTERN = "^(?!x-)" + ID_PATTERN[1:]
+# (Without a lookahead, which not every editor's regex engine has.)
+_SCHEMA_ID_PATTERN = r"^([a-wyz0-9][a-z0-9_.-]{0,62}|x|x[a-z0-9_.][a-z0-9_.-]{0,61})$"
 
 
 def _closed(properties: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ messages name files as a user would see them (``agents.toml: agents.web.restart:
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -438,6 +439,14 @@ REJECTED = [
         f'[agents.{"a" * 64}]\ncommand = "x"',
         [
             f'agents.{"a" * 64}: bad id: use 1 to 63 of a-z, 0-9, "_", "." and "-", starting with a letter or digit'
+        ],
+    ),
+    (
+        '[agents.api.v2]\nentry = "api:main"',
+        [
+            'agents.api: needs one of "entry", "command" or "path"; for the id "api.v2", quote it:'
+            ' [agents."api.v2"]',
+            "agents.api.v2: unknown key",
         ],
     ),
     # signals
@@ -1000,6 +1009,13 @@ def test_the_schema_describes_every_key_with_its_default() -> None:
     for definition in schema["$defs"].values():
         for name, prop in definition["properties"].items():
             assert prop["description"], name
+
+
+@given(key=st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,62}", fullmatch=True))
+def test_the_schema_takes_ids_as_the_loader_does(key: str) -> None:
+    agents = json_schema()["properties"]["agents"]["patternProperties"]
+    patterns = [pattern for pattern in agents if re.search(pattern, key)]
+    assert patterns == (["^x-"] if key.startswith("x-") else [next(iter(agents))])
 
 
 def test_the_example_config_validates_against_the_schema() -> None:
