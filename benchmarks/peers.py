@@ -46,7 +46,7 @@ def tail(path: Path, lines: int = 8) -> str:
     return "\n".join(text[-lines:])
 
 
-def http(
+def request(
     port: int, method: str, path: str, body: Any = None, timeout: float = 60.0
 ) -> tuple[int, Any]:
     """One request to 127.0.0.1:`port`; returns (status, parsed JSON or text)."""
@@ -251,7 +251,7 @@ class Ours(Peer):
     def reload(self, agents: dict[str, str]) -> dict[str, Any]:
         self.write(agents)
         try:
-            status, body = http(self.port, "POST", "/reload", timeout=120)
+            status, body = request(self.port, "POST", "/reload", timeout=120)
         except OSError as e:
             # no API yet: fall back to SIGHUP; convergence is then seen in /proc only
             self.last_reload = f"POST /reload failed ({e}); sent SIGHUP"

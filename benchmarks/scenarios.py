@@ -33,7 +33,7 @@ class Config:
     settle: float = 1.0
     start_timeout: float = 300.0
     reload_timeout: float = 600.0
-    shutdown_timeout: float = 60.0
+    shutdown_timeout: float = 120.0
 
 
 @dataclass
@@ -206,30 +206,43 @@ def measure_shutdown(peer: peers.Peer, watch: procfs.AgentWatch, timeout: float)
 def process_session(
     peer: peers.Peer, n: int, cfg: Config, *, idle: bool, crashes: int, reload: bool
 ) -> Session:
+    """One launch of `peer` with N agents; a step that fails is reported, the next ones run."""
     s = Session()
     agents = agent_set(n)
     peer.prepare(str(n), agents)
+
+    def step(name: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as e:
+            s.errors.append(f"{name}: {type(e).__name__}: {e}")
+            return None
+
     try:
-        t, watch = measure_start(peer, n, cfg)
-        s.values["start"] = t
+        started = step("start", lambda: measure_start(peer, n, cfg))
+        if started is None:
+            return s
+        s.values["start"], watch = started
         time.sleep(cfg.settle)
         if idle:
-            s.values.update(measure_idle(peer, cfg.idle_seconds))
+            step("idle", lambda: s.values.update(measure_idle(peer, cfg.idle_seconds)))
         if crashes:
-            samples = measure_crashes(watch, n, crashes)
-            s.info["crash_samples_ms"] = [round(x * 1e3, 3) for x in samples]
-            s.values["crash_p50"] = statistics.median(samples)
-            s.values["crash_max"] = max(samples)
+            samples = step("crash", lambda: measure_crashes(watch, n, crashes))
+            if samples:
+                s.info["crash_samples_ms"] = [round(x * 1e3, 3) for x in samples]
+                s.values["crash_p50"] = statistics.median(samples)
+                s.values["crash_max"] = max(samples)
         if reload and peer.can_reload:
             time.sleep(0.2)
-            values, info = measure_reload(peer, watch, agents, cfg.reload_timeout)
-            s.values.update(values)
-            s.info["reload"] = info
+            done = step("reload", lambda: measure_reload(peer, watch, agents, cfg.reload_timeout))
+            if done is not None:
+                s.values.update(done[0])
+                s.info["reload"] = done[1]
             watch = procfs.AgentWatch(peer.roots())
             time.sleep(0.2)
-        s.values["shutdown"] = measure_shutdown(peer, watch, cfg.shutdown_timeout)
-    except Exception as e:  # a failed step is reported, the run goes on
-        s.errors.append(f"{type(e).__name__}: {e}")
+        t = step("shutdown", lambda: measure_shutdown(peer, watch, cfg.shutdown_timeout))
+        if t is not None:
+            s.values["shutdown"] = t
     finally:
         peer.kill()
     return s
@@ -239,7 +252,7 @@ def process_session(
 
 
 def floor_spawn_sleep(n: int) -> float:
-    """posix_spawn `sleep` N times serially (each returns once exec'd): the floor for start."""
+    """posix_spawn `sleep` N times serially, each returning once exec'd, none waited for."""
     pids: list[int] = []
     env = dict(os.environ)
     try:
@@ -255,13 +268,12 @@ def floor_spawn_sleep(n: int) -> float:
             os.waitpid(pid, 0)
 
 
-def floor_spawn_wait_true(n: int) -> float:
-    """fork+exec+wait of `true` N times serially."""
-    true = shutil.which("true") or "/bin/true"
+def floor_spawn_wait(n: int) -> float:
+    """fork+exec+wait of the agents' own binary (`sleep 0`) N times serially: the floor."""
     env = dict(os.environ)
     t0 = time.perf_counter()
     for _ in range(n):
-        pid = os.posix_spawn(true, ["true"], env)
+        pid = os.posix_spawn(peers.SLEEP, ["sleep", "0"], env)
         os.waitpid(pid, 0)
     return time.perf_counter() - t0
 
@@ -274,7 +286,7 @@ def _wait_http(port: int, path: str, timeout: float, proc_failed: Any) -> float:
     t0 = time.perf_counter()
     while True:
         try:
-            status, _ = peers.http(port, "GET", path, timeout=30)
+            status, _ = peers.request(port, "GET", path, timeout=30)
             if status == 200:
                 return time.perf_counter() - t0
             pause = 0.01
@@ -306,18 +318,18 @@ def inprocess_session(ours: peers.Ours, count: int, cfg: Config) -> Session:
         s.values["inproc_rss_mib"] = procfs.rss_kib(ours.roots()[0]) / 1024
         if count:
             changed = set(range(0, count, 10))
-            _, before = peers.http(ours.port, "GET", "/agents", timeout=60)
+            _, before = peers.request(ours.port, "GET", "/agents", timeout=60)
             ours.write_inprocess(count, changed, module)
             t1 = time.perf_counter()
-            status, body = peers.http(ours.port, "POST", "/reload", timeout=120)
+            status, body = peers.request(ours.port, "POST", "/reload", timeout=120)
             s.values["inproc_reload"] = time.perf_counter() - t1
             if status != 200:
                 raise RuntimeError(f"POST /reload answered {status}: {str(body)[:300]}")
             s.info["reload"] = peers.summarize_reload(body)
-            _, after = peers.http(ours.port, "GET", "/agents", timeout=60)
-            s.values["inproc_unchanged_restarted"] = float(
-                _touched(before, after, {f"a{i}" for i in changed})
-            )
+            _, after = peers.request(ours.port, "GET", "/agents", timeout=60)
+            touched = _touched(before, after, {f"a{i}" for i in changed})
+            s.values["inproc_unchanged_restarted"] = float(len(touched))
+            s.info["touched_examples"] = touched[:5]
         roots = ours.roots()
         t2 = time.perf_counter()
         ours.terminate()
@@ -331,12 +343,28 @@ def inprocess_session(ours: peers.Ours, count: int, cfg: Config) -> Session:
     return s
 
 
-def _touched(before: Any, after: Any, changed: set[str]) -> int:
-    """Unchanged agents whose `since` or `restarts` moved between two GET /agents answers."""
+def _touched(before: Any, after: Any, changed: set[str]) -> list[Any]:
+    """Unchanged agents whose `since`, `restarts` or `state` moved between two GET /agents.
+
+    `since` may be rendered from a monotonic clock at each read, so it is compared to 10 ms.
+    """
 
     def index(doc: Any) -> dict[str, tuple[Any, Any, Any]]:
         agents = doc.get("agents", []) if isinstance(doc, dict) else []
         return {a["id"]: (a.get("since"), a.get("restarts"), a.get("state")) for a in agents}
 
+    def same(x: tuple[Any, Any, Any] | None, y: tuple[Any, Any, Any] | None) -> bool:
+        if x is None or y is None:
+            return x is y
+        if x[1:] != y[1:]:
+            return False
+        if isinstance(x[0], int | float) and isinstance(y[0], int | float):
+            return abs(x[0] - y[0]) < 0.010
+        return bool(x[0] == y[0])
+
     b, a = index(before), index(after)
-    return sum(1 for aid, v in b.items() if aid not in changed and a.get(aid) != v)
+    return [
+        (aid, v, a.get(aid))
+        for aid, v in b.items()
+        if aid not in changed and not same(v, a.get(aid))
+    ]
