@@ -1,0 +1,88 @@
+"""`supervisor run`: wire the owner, signals, the API and ``--watch`` into one trio run."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from pathlib import Path
+
+import trio
+
+from supervisor import logs
+from supervisor import manifest as mf
+from supervisor.keeper import Keeper
+from supervisor.logs import log
+from supervisor.signals import handle_signals, is_pid1
+from supervisor.supervisor import Supervisor, make_runner
+from supervisor.watch import watch_manifest
+
+EXIT_OK, EXIT_INVALID, EXIT_CRITICAL = 0, 2, 3
+
+
+def run_main(
+    path: Path,
+    *,
+    api: str | None = None,
+    watch: bool = False,
+    log_format: logs.LogFormat = "text",
+    log_level: str = "INFO",
+) -> int:
+    """Run the supervisor in the foreground until it is stopped; return the exit code."""
+    logs.setup(log_format, log_level)
+    try:
+        try:
+            m = mf.load(path)
+        except mf.ManifestError as exc:
+            for line in exc.errors:
+                print(line, file=sys.stderr)
+            log.error("invalid manifest %s: nothing started", path)
+            return EXIT_INVALID
+        _raise_fd_limit()
+        address = m.settings.api if api is None else api
+        return trio.run(_main, m, address, watch)
+    finally:
+        logs.shutdown()
+
+
+async def _main(m: mf.Manifest, address: str, watch: bool) -> int:
+    # As PID 1 the kernel kills the whole PID namespace when we die: no keeper needed.
+    keeper = None if is_pid1() else Keeper.start()
+    sup = Supervisor(m, make_runner(keeper))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                handle_signals,
+                sup.request_reload,
+                sup.request_shutdown,
+                sup.kill_all,
+                lambda pid: any(s.pid == pid for s in sup.slots.values()),
+            )
+            if address:
+                from supervisor.api import serve_api
+
+                await nursery.start(serve_api, sup, address)
+            if watch:
+                await nursery.start(
+                    watch_manifest,
+                    lambda: sup.manifest,
+                    lambda: [s.spec.path for s in sup.slots.values() if s.spec.path],
+                    sup.request_reload,
+                )
+            log.info("supervisor %d: %d agents from %s", os.getpid(), len(m.agents), m.path)
+            code = await sup.run()
+            nursery.cancel_scope.cancel()
+    finally:
+        if keeper is not None:
+            keeper.close()
+    if sup.exit_message:
+        print(sup.exit_message, flush=True)
+    log.info("stopped (exit %d)", code)
+    return code
+
+
+def _raise_fd_limit() -> None:
+    """Each process agent holds a few fds (pipes, pidfd): lift the soft limit to the hard."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,0 +1,119 @@
+"""Signals, and reaping orphans when the supervisor is PID 1.
+
+One task owns the signal receiver (`handle_signals`). SIGHUP reloads; the first SIGTERM
+or SIGINT stops everything gracefully; the next one SIGKILLs every agent's process group.
+
+As PID 1 (a container's entrypoint) the supervisor also inherits every orphan of the
+container and must reap them, or they stay zombies forever. It must not reap its own
+agents, though: trio waits for a child by polling its pidfd and then calls
+``Popen.wait()``; if a blind ``waitpid(-1)`` took that status first, Python would report
+exit code 0. So on SIGCHLD we list our zombie children in /proc and reap only those that
+no slot owns. A child that exits between being spawned and being known to its slot could
+still be taken: its status is kept in `REAPED` for the process runner to claim.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import trio
+
+from supervisor.logs import log
+
+# Exit statuses (as Popen.returncode) of children reaped here, by pid, for a runner
+# whose Popen.wait() met ECHILD. Only the last few hundred are kept.
+REAPED: dict[int, int] = {}
+_REAPED_MAX = 512
+
+
+def is_pid1() -> bool:
+    return os.getpid() == 1
+
+
+async def handle_signals(
+    reload: Callable[[], object],
+    shutdown: Callable[[], None],
+    kill_all: Callable[[], None],
+    owned: Callable[[int], bool],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Own the process's signals until cancelled.
+
+    Args:
+      reload: called on SIGHUP.
+      shutdown: called on the first SIGTERM / SIGINT.
+      kill_all: called on every later SIGTERM / SIGINT.
+      owned: whether a pid is a live agent's (PID 1 reaping leaves those alone).
+    """
+    wanted = [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]
+    pid1 = is_pid1()
+    if pid1:
+        wanted.append(signal.SIGCHLD)
+    stops = 0
+    with trio.open_signal_receiver(*wanted) as signals:
+        task_status.started()
+        if pid1:
+            reap_orphans(owned)  # whatever exited before we listened
+        async for signum in signals:
+            if signum == signal.SIGCHLD:
+                reap_orphans(owned)
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading")
+                reload()
+            else:
+                stops += 1
+                name = signal.Signals(signum).name
+                if stops == 1:
+                    log.info("%s: stopping gracefully (send it again to kill at once)", name)
+                    shutdown()
+                else:
+                    log.warning("%s again: killing every agent's process group", name)
+                    kill_all()
+
+
+def reap_orphans(owned: Callable[[int], bool]) -> int:
+    """Reap our zombie children that no slot owns; return how many were reaped."""
+    reaped = 0
+    for pid in _zombie_children():
+        if owned(pid):
+            continue
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # reaped by its owner meanwhile
+        if got == pid:
+            reaped += 1
+            _remember(pid, status)
+    return reaped
+
+
+def _remember(pid: int, status: int) -> None:
+    """Keep the status of a child that may be an agent not yet known to its slot."""
+    REAPED[pid] = os.waitstatus_to_exitcode(status)  # -N for signal N, like Popen
+    while len(REAPED) > _REAPED_MAX:
+        del REAPED[next(iter(REAPED))]
+
+
+def _zombie_children() -> Iterator[int]:
+    me = os.getpid()
+    for children in Path(f"/proc/{me}/task").glob("*/children"):
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            if _is_zombie(int(pid)):
+                yield int(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The command name may hold spaces and parentheses: the state follows the last ')'.
+    return stat[stat.rindex(")") + 2 :].startswith("Z")

@@ -1,0 +1,509 @@
+"""The owner: one task holds the slot table and converges it to the desired agents.
+
+Reload, load, unload, start, stop, restart and shutdown are requests sent to the owner
+over a memory channel, executed one at a time, each answered to its caller. Nothing else
+changes `slots`, so there are no locks and no check-then-insert races: a request for an
+id that is mid-start or mid-stop is answered by the owner, which knows.
+
+Readers (the API, metrics) read `slots` and `Slot.statistics()` directly: reads are sync
+and the table only changes between the owner's awaits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomli_w
+import trio
+
+from supervisor import manifest as mf
+from supervisor.logs import log
+from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
+from supervisor.plan import plan, stop_waves
+from supervisor.runners import Hooks, Outcome, Runner
+from supervisor.slot import Slot
+
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+class NotFound(LookupError):
+    """No agent has that id."""
+
+
+class Conflict(Exception):
+    """The request clashes with the agent's current state or origin."""
+
+
+class StartFailed(Exception):
+    """An agent loaded over the API failed its first start; nothing was kept."""
+
+
+class ShuttingDown(Exception):
+    """The supervisor is stopping and takes no more requests."""
+
+
+@attrs.frozen
+class ReloadResult:
+    started: tuple[str, ...]
+    stopped: tuple[str, ...]
+    restarted: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+
+class _Reply:
+    """A one-shot answer a caller waits for."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set(self, value: Any) -> None:
+        self._value = value
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+_Op = Callable[[], Awaitable[Any]]
+
+
+def make_runner(keeper: Any = None) -> Runner:
+    """The runner that dispatches on an agent's kind."""
+    from supervisor.runners.inprocess import run_inprocess
+    from supervisor.runners.process import run_process
+
+    async def run_agent(spec: AgentSpec, hooks: Hooks) -> Outcome:
+        if spec.kind == "process":
+            return await run_process(spec, hooks, keeper=keeper)
+        return await run_inprocess(spec, hooks)
+
+    return run_agent
+
+
+class Supervisor:
+    """Owns the slot table. Create it, then run `run()` in a nursery.
+
+    Args:
+      manifest: the validated manifest it starts with.
+      runner: runs one agent once; `make_runner()` unless testing a fake kind.
+    """
+
+    def __init__(self, manifest: Manifest, runner: Runner | None = None) -> None:
+        self.manifest = manifest
+        self.slots: dict[str, Slot] = {}
+        self.overlay: dict[str, dict[str, Any]] = {}  # API agents: their tables, as sent
+        self.exit_code = 0
+        self.exit_message = ""
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_reload: float | None = None  # wall time
+        self.table_changed = trio.Event()
+        self._runner = runner or make_runner()
+        self._send, self._recv = trio.open_memory_channel[tuple[_Op, _Reply]](math.inf)
+        self._reload_replies: list[_Reply] | None = None
+        self._shutting_down = False
+        self._nursery: trio.Nursery | None = None
+
+    # -- the owner task ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Start the manifest's agents, serve requests until shutdown; return the exit code."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._load_state_file()
+            desired, sources = self._desired(self.manifest)
+            self._apply_starts(plan({}, desired).start, desired, sources)
+            task_status.started()
+            async for op, reply in self._recv:
+                try:
+                    reply.set(await op())
+                except Exception as exc:  # answered to the caller, who reports it
+                    reply.fail(exc)
+                if self._shutting_down:
+                    break
+            self._refuse_pending()
+        return self.exit_code
+
+    async def _call(self, op: _Op) -> Any:
+        if self._shutting_down:
+            raise ShuttingDown("the supervisor is shutting down")
+        reply = _Reply()
+        self._send.send_nowait((op, reply))
+        return await reply.wait()
+
+    def _refuse_pending(self) -> None:
+        self._send.close()
+        while True:
+            try:
+                _, reply = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            reply.fail(ShuttingDown("the supervisor is shutting down"))
+        for reply in self._reload_replies or ():
+            reply.fail(ShuttingDown("the supervisor is shutting down"))
+
+    # -- reload -----------------------------------------------------------------------
+
+    def request_reload(self) -> _Reply:
+        """Ask for a reconcile with the manifest file. Coalesced: requests that arrive
+        while one is queued share its pass; those during a pass get one more pass."""
+        reply = _Reply()
+        if self._shutting_down:
+            reply.fail(ShuttingDown("the supervisor is shutting down"))
+        elif self._reload_replies is None:
+            self._reload_replies = [reply]
+            self._send.send_nowait((self._do_reload, _Reply()))
+        else:
+            self._reload_replies.append(reply)
+        return reply
+
+    async def reload(self, *, wait: bool = True) -> ReloadResult:
+        """Reconcile now; with `wait`, return once every (re)started agent is running
+        or failed to start. Raises ManifestError (nothing changed) if the file is invalid."""
+        result: ReloadResult = await self.request_reload().wait()
+        if wait:
+            await self.wait_started(result.started + result.restarted)
+        return result
+
+    async def wait_started(self, ids: tuple[str, ...]) -> dict[str, str]:
+        """Wait for the starts of `ids` to settle; return {id: reason} of those that failed."""
+        failed: dict[str, str] = {}
+
+        async def one(agent_id: str) -> None:
+            slot = self.slots.get(agent_id)
+            if slot is not None and slot.active:
+                why = await slot.wait_started()
+                if why is not None:
+                    failed[agent_id] = why
+
+        async with trio.open_nursery() as nursery:
+            for agent_id in ids:
+                nursery.start_soon(one, agent_id)
+        return failed
+
+    async def _do_reload(self) -> None:
+        replies, self._reload_replies = self._reload_replies or [], None
+        try:
+            new = await trio.to_thread.run_sync(mf.load, self.manifest.path)
+            desired, sources = self._desired(new)
+        except ManifestError as exc:
+            self.reloads_failed += 1
+            log.error("reload failed, nothing changed:\n%s", exc)
+            for reply in replies:
+                reply.fail(exc)
+            return
+        self.manifest = new
+        live = {i: s.spec for i, s in self.slots.items()}
+        p = plan(live, desired)
+        await self._stop_slots(p.stop + p.restart)
+        for agent_id in p.stop:
+            del self.slots[agent_id]
+        for agent_id in p.unchanged:
+            self.slots[agent_id].source = sources[agent_id]
+        self._apply_starts(p.start + p.restart, desired, sources)
+        self.reloads_ok += 1
+        self.last_reload = time.time()
+        result = ReloadResult(
+            started=p.start, stopped=p.stop, restarted=p.restart, unchanged=p.unchanged
+        )
+        log.info(
+            "reloaded: %d started, %d stopped, %d restarted, %d unchanged",
+            len(p.start),
+            len(p.stop),
+            len(p.restart),
+            len(p.unchanged),
+        )
+        for reply in replies:
+            reply.set(result)
+
+    def _desired(self, m: Manifest) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
+        """The manifest's agents plus the API overlay's (the manifest wins an id)."""
+        desired = dict(m.agents)
+        sources: dict[str, Source] = dict.fromkeys(desired, "manifest")
+        errors: list[str] = []
+        for agent_id, table in list(self.overlay.items()):
+            if agent_id in desired:
+                log.warning("%s: now declared in the manifest; the API's copy is dropped", agent_id)
+                del self.overlay[agent_id]
+                self._save_state()
+                continue
+            try:
+                desired[agent_id] = self._spec_from_table(agent_id, table, known=desired)
+                sources[agent_id] = "api"
+            except ManifestError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ManifestError(errors)
+        return desired, sources
+
+    def _spec_from_table(
+        self, agent_id: str | None, table: dict[str, Any], known: Mapping[str, Any]
+    ) -> AgentSpec:
+        return mf.agent_from_table(
+            agent_id,
+            table,
+            base=self.manifest.path.parent,
+            known_ids=list(known),
+            label=str(self.manifest.settings.state_file or "request"),
+        )
+
+    # -- starting and stopping slots --------------------------------------------------
+
+    def _apply_starts(
+        self, ids: tuple[str, ...], desired: Mapping[str, AgentSpec], sources: Mapping[str, Source]
+    ) -> None:
+        for agent_id in ids:
+            self._add(desired[agent_id], sources[agent_id])
+
+    def _add(self, spec: AgentSpec, source: Source) -> Slot:
+        assert self._nursery is not None
+        slot = Slot(
+            spec,
+            self._runner,
+            source=source,
+            wait_after=self._wait_after,
+            on_change=self._on_slot_change,
+        )
+        self.slots[spec.id] = slot
+        if spec.enabled:
+            slot.launch(self._nursery)
+        self._table_changed()
+        return slot
+
+    async def _stop_slots(self, ids: tuple[str, ...] | list[str]) -> None:
+        """Stop `ids` in reverse `after` order, concurrently within each wave."""
+        specs = {i: self.slots[i].spec for i in ids}
+        for wave in stop_waves(ids, specs):
+            async with trio.open_nursery() as nursery:
+                for agent_id in wave:
+                    slot = self.slots[agent_id]
+                    slot.stop()
+                    nursery.start_soon(slot.wait_stopped)
+
+    async def _wait_after(self, spec: AgentSpec) -> str | None:
+        """Wait until every agent `spec` is `after` is running (or exited ok)."""
+        for dep in spec.after:
+            while True:
+                slot = self.slots.get(dep)
+                if slot is None:
+                    await self.table_changed.wait()
+                    continue
+                if slot.up:
+                    break
+                if slot.state in ("failed", "exited"):
+                    return f"dependency {dep!r} failed"
+                await slot.changed.wait()
+        return None
+
+    def _table_changed(self) -> None:
+        self.table_changed.set()
+        self.table_changed = trio.Event()
+
+    def _on_slot_change(self, slot: Slot) -> None:
+        if (
+            slot.state == "failed"
+            and slot.spec.critical
+            and not self._shutting_down
+            and not self.exit_message
+            and self.slots.get(slot.spec.id) is slot
+        ):
+            self._critical_failure(slot)
+
+    def _critical_failure(self, slot: Slot) -> None:
+        self.exit_code = 3
+        self.exit_message = f"critical agent {slot.spec.id!r} failed: {slot.reason}"
+        log.error("%s; shutting down", self.exit_message)
+        if TERMINATION_LOG.exists():  # Kubernetes' termination message; never create it
+            try:
+                TERMINATION_LOG.write_text(self.exit_message + "\n")
+            except OSError:
+                pass  # not writable: stdout has it
+        self.request_shutdown()
+
+    # -- control requests -------------------------------------------------------------
+
+    async def load(self, table: dict[str, Any]) -> Slot:
+        """Load an agent (`table` is its keys plus optional "id"); return once running.
+
+        Raises ManifestError (invalid), Conflict (id taken), StartFailed (first start
+        failed: nothing kept). If the caller goes away, the load still completes or is
+        undone whole by the owner.
+        """
+        done: _Reply = await self._call(partial(self._do_load, table))
+        slot: Slot = await done.wait()
+        return slot
+
+    async def _do_load(self, table: dict[str, Any]) -> _Reply:
+        body = dict(table)
+        agent_id = body.pop("id", None)
+        if agent_id is not None and not isinstance(agent_id, str):
+            raise ManifestError([f"request: id: must be a string, not {agent_id!r}"])
+        spec = self._spec_from_table(agent_id, body, known=self.slots)
+        if spec.id in self.slots:
+            raise Conflict(f"agent {spec.id!r} already exists")
+        slot = self._add(spec, "api")
+        done = _Reply()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._settle_load, slot, body, done)
+        return done
+
+    async def _settle_load(self, slot: Slot, table: dict[str, Any], done: _Reply) -> None:
+        why = await slot.wait_started() if slot.active else None
+        if why is None:
+            self.overlay[slot.spec.id] = table
+            self._save_state()
+            log.info("%s: loaded over the API", slot.spec.id)
+            done.set(slot)
+            return
+        try:
+            await self._call(partial(self._forget, slot))
+        except ShuttingDown:
+            pass
+        done.fail(StartFailed(f"agent {slot.spec.id!r} failed to start: {why}"))
+
+    async def _forget(self, slot: Slot) -> None:
+        if self.slots.get(slot.spec.id) is slot:
+            await self._stop_slots([slot.spec.id])
+            del self.slots[slot.spec.id]
+            self._table_changed()
+
+    async def unload(self, agent_id: str) -> None:
+        """Stop and remove an agent loaded over the API; return after its cleanup ran."""
+        await self._call(partial(self._do_unload, agent_id))
+
+    async def _do_unload(self, agent_id: str) -> None:
+        slot = self._get(agent_id)
+        if slot.source == "manifest":
+            raise Conflict(
+                f"agent {agent_id!r} is declared in {self.manifest.path}; remove it there and reload"
+            )
+        await self._forget(slot)
+        if self.overlay.pop(agent_id, None) is not None:
+            self._save_state()
+        log.info("%s: unloaded over the API", agent_id)
+
+    async def start(self, agent_id: str) -> Slot:
+        """Start a stopped, exited or failed agent; return once its start settled."""
+        slot: Slot = await self._call(partial(self._do_start, agent_id))
+        await slot.wait_started()
+        return slot
+
+    async def _do_start(self, agent_id: str) -> Slot:
+        slot = self._get(agent_id)
+        if not slot.active:
+            assert self._nursery is not None
+            slot.launch(self._nursery)
+        return slot
+
+    async def stop(self, agent_id: str) -> Slot:
+        """Stop an agent (it stays declared, ``stopped``); return after its cleanup ran."""
+        slot: Slot = await self._call(partial(self._do_stop, agent_id))
+        return slot
+
+    async def _do_stop(self, agent_id: str) -> Slot:
+        slot = self._get(agent_id)
+        await self._stop_slots([agent_id])
+        return slot
+
+    async def restart(self, agent_id: str) -> Slot:
+        """Stop then start an agent; return once the new start settled."""
+        slot: Slot = await self._call(partial(self._do_restart, agent_id))
+        await slot.wait_started()
+        return slot
+
+    async def _do_restart(self, agent_id: str) -> Slot:
+        await self._do_stop(agent_id)
+        return await self._do_start(agent_id)
+
+    def _get(self, agent_id: str) -> Slot:
+        try:
+            return self.slots[agent_id]
+        except KeyError:
+            raise NotFound(f"no agent {agent_id!r}") from None
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        """Stop every agent (reverse `after` order, within shutdown_timeout), then end
+        `run()`. Sync and idempotent; the second call does not force (see `kill_all`)."""
+        if not self._shutting_down:
+            self._send.send_nowait((self._do_shutdown, _Reply()))
+
+    async def _do_shutdown(self) -> None:
+        self._shutting_down = True
+        timeout = self.manifest.settings.shutdown_timeout
+        log.info("stopping %d agents (within %gs)", len(self.slots), timeout)
+        with trio.move_on_after(timeout) as scope:
+            await self._stop_slots(list(self.slots))
+        if scope.cancelled_caught:
+            log.error("shutdown_timeout (%gs) passed: killing what is left", timeout)
+            self.kill_all()
+            for slot in self.slots.values():
+                await slot.wait_stopped()
+
+    def kill_all(self) -> None:
+        """SIGKILL every agent's process group now (a second SIGTERM, or a timeout)."""
+        for slot in self.slots.values():
+            if slot.pid is not None:
+                try:
+                    os.killpg(slot.pid, 9)
+                except OSError:
+                    pass  # already gone
+
+    # -- the API overlay's state file -------------------------------------------------
+
+    def _load_state_file(self) -> None:
+        path = self.manifest.settings.state_file
+        if path is None or not path.exists():
+            return
+        try:
+            raw = mf.read_toml(path)
+            tables = raw.get("agents", {})
+            if not isinstance(tables, dict) or set(raw) - {"agents"}:
+                raise ManifestError([f"{path}: expected only [agents.*] tables"])
+            for agent_id, table in tables.items():
+                if agent_id in self.manifest.agents:
+                    continue  # the manifest wins
+                self._spec_from_table(agent_id, table, known={**self.manifest.agents, **tables})
+                self.overlay[agent_id] = table
+        except ManifestError as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            path.rename(aside)
+            self.overlay.clear()
+            log.error("state file %s is invalid, moved to %s:\n%s", path, aside, exc)
+
+    def _save_state(self) -> None:
+        """Write the overlay to `state_file` atomically: write, fsync, rename."""
+        path = self.manifest.settings.state_file
+        if path is None:
+            return
+        data = tomli_w.dumps({"agents": self.overlay}).encode()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
