@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -35,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +49,7 @@ from supervisor.slot import ExitRecord, Slot
 from supervisor.supervisor import Conflict, NotFound, ShuttingDown, StartFailed, Supervisor
 
 MAX_BODY = 1024 * 1024  # bytes; larger request bodies get 413
+MAX_DEPTH = 32  # nesting levels of a request body
 GRACE = 3.0  # seconds requests in flight get to finish when the API stops
 TOKEN_ENV = "SUPERVISOR_TOKEN"
 
@@ -294,30 +296,86 @@ def not_ready(sup: Supervisor) -> dict[str, str]:
 async def read_json_object(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
     """Read the body as a JSON object, refusing it as soon as it passes `limit` bytes.
 
+    The value must also survive being written to the TOML state file and shown as JSON
+    again: no NaN or infinities, integers within 64 bits, no lone surrogates, nesting at
+    most `MAX_DEPTH` deep.
+
     Raises:
-      ApiError: 413 too large, 400 not JSON, 422 JSON but not an object.
+      ApiError: 413 too large, 400 not valid JSON, 422 valid JSON that is not such an
+        object.
     """
-    too_large = ApiError(413, f"request body is larger than {limit} bytes")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
+    more = True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "the client went away before sending the whole body") from None
-    try:
-        value = json.loads(b"".join(chunks))
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        value = json.loads(
+            b"".join(chunks), parse_constant=_no_constant, parse_float=_finite, parse_int=_int64
+        )
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError too
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ApiError(422, f"request body must be a JSON object, not {type(value).__name__}")
+        raise ApiError(422, f"request body must be a JSON object, not {_json_type(value)}")
+    _check_storable(value)
     return value
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body is larger than {limit} bytes ({limit // 1024} KiB)")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{text} does not fit in 64 bits (TOML's integers)")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _check_storable(value: dict[str, Any]) -> None:
+    """Raises ApiError (422) for values that parse but cannot be stored and shown."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ApiError(422, f"request body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise ApiError(422, f"request body holds a lone surrogate in {item!r}") from None
 
 
 # -- the routes ---------------------------------------------------------------------
@@ -460,12 +518,61 @@ class CountRequests:
         return "unmatched"
 
 
-def build_app(sup: Supervisor, guard: Guard) -> Starlette:
+class DrainUnreadBody:
+    """ASGI middleware: while the last part of an answer is sent, read and drop whatever
+    of the request body the app left unread (a refused upload, a body a route ignores).
+
+    Why: hypercorn queues a request's body to the app (at most `max_app_queue_size`
+    messages) and, when the answer is complete, queues an ``http.disconnect`` too. If
+    the app stopped reading and the queue is full, that last put blocks forever, so the
+    answer never completes and the connection hangs. Draining while the answer ends
+    keeps the queue moving; hypercorn then closes the connection, since the request
+    was not read to its end. Nothing is buffered.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def receive_tracked() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_draining(message: Message) -> None:
+            last = message["type"] == "http.response.body" and not message.get("more_body")
+            if not last or body_done:
+                await send(message)
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drop_body, receive_tracked)
+                await send(message)
+                # hypercorn is done with this request: nothing more will be queued.
+                nursery.cancel_scope.cancel()
+
+        await self.app(scope, receive_tracked, send_draining)
+
+
+async def _drop_body(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+def build_app(sup: Supervisor, guard: Guard) -> ASGIApp:
     """The ASGI app for `sup`, refusing changes as `guard` says."""
     requests: RequestCounts = Counter()
     api = ControlApi(sup, guard, requests)
     routes = api.routes()
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(CountRequests, routes=routes, counts=requests)],
         exception_handlers={
@@ -474,6 +581,8 @@ def build_app(sup: Supervisor, guard: Guard) -> Starlette:
             Exception: _on_unexpected,
         },
     )
+    # Outside Starlette's own error handling, so that a 500 answer drains too.
+    return DrainUnreadBody(app)
 
 
 # -- the OpenAPI document -----------------------------------------------------------
@@ -792,7 +901,7 @@ def _access_note(guard: Guard) -> str:
 
 
 async def _serve(
-    app: Starlette,
+    app: ASGIApp,
     config: Config,
     stop: trio.Event,
     shield: trio.CancelScope,
