@@ -343,7 +343,8 @@ def load(path: Path) -> Manifest:
     tables = _tables(_Document, read_toml(path), label, problems)
     settings = _settings(tables.supervisor, label, base, problems)
     included = list(_included(settings.include, path, base, problems))
-    agents = _Agents(base, _defaults(tables.defaults, label, base, problems), problems)
+    defaults = _defaults(tables.defaults, label, base, problems)
+    agents = _Agents(base, os.path.dirname(path), defaults, problems)
     agents.add_table(tables.agents, label)
     for included_path, included_label in included:
         agents.add_file(included_path, included_label)
@@ -390,7 +391,13 @@ def agent_from_table(
         problems.raise_if_any()
     assert agent_id is not None
     spec = _agent(
-        agent_id, table, label=label, base=base, defaults=default_values, problems=problems
+        agent_id,
+        table,
+        label=label,
+        base=base,
+        shown_base=str(base),
+        defaults=default_values,
+        problems=problems,
     )
     if spec is not None:
         _check_after_ids([spec], set(known_ids), lambda _: label, problems)
@@ -678,6 +685,7 @@ class _Agents:
     """The agents of one manifest, gathered file by file, then checked together."""
 
     base: Path
+    shown_base: str  # the manifest's folder as the user wrote it, for messages
     defaults: dict[str, Any]
     problems: _Problems
     specs: dict[str, AgentSpec] = attrs.Factory(dict)
@@ -698,6 +706,7 @@ class _Agents:
                 table,
                 label=label,
                 base=self.base,
+                shown_base=self.shown_base,
                 defaults=self.defaults,
                 problems=self.problems,
             )
@@ -756,6 +765,7 @@ def _agent(
     *,
     label: str,
     base: Path,
+    shown_base: str,
     defaults: dict[str, Any],
     problems: _Problems,
 ) -> AgentSpec | None:
@@ -775,7 +785,8 @@ def _agent(
         return None
     if "path" not in own:
         return _spec(agent_id, _merge(defaults, own), root=base, digest="")
-    folder = _folder(own["path"], where=where, label=label, base=base, problems=problems)
+    shown = os.path.normpath(os.path.join(shown_base, own["path"]))
+    folder = _folder(own["path"], shown, where=where, label=label, base=base, problems=problems)
     if folder is None:
         return None
     values = _merge(defaults, folder.values, own)
@@ -812,7 +823,11 @@ def _read_layer(
         return None
     # Only the keys given here: they decide what this layer overrides. (A JSON null is
     # taken as "not given".) `x-` keys were dropped while structuring.
-    values = {key: value for key in table if (value := getattr(keys, key, None)) is not None}
+    values = {
+        key: value
+        for key in table
+        if key in _AGENT_KEYS and (value := getattr(keys, key)) is not None
+    }
     problems.add_all(label, _limit_problems(AgentKeys, values, where))
     problems.add_all(label, _value_problems(values, where))
     if "cwd" in values:
@@ -926,11 +941,13 @@ class _Folder:
 
 
 def _folder(
-    written: str, *, where: str, label: str, base: Path, problems: _Problems
+    written: str, shown: str, *, where: str, label: str, base: Path, problems: _Problems
 ) -> _Folder | None:
-    """Read the folder a `path` key names; None if it has problems (reported)."""
+    """Read the folder a `path` key names; None if it has problems (reported).
+
+    `shown` is the folder as messages name it (and the files in it).
+    """
     folder = _absolute(base, written)
-    shown = os.path.normpath(os.path.join(os.path.dirname(label), written))
     if not folder.is_dir():
         problem = "is not a folder" if folder.exists() else "does not exist"
         problems.add(label, f"{where}.path", f"{_show(written)} {problem}")
@@ -1098,6 +1115,7 @@ def _plain(value: Any) -> Any:
     return str(value)  # Path
 
 
+_AGENT_KEYS = frozenset(field.name for field in attrs.fields(AgentKeys))
 _SHARED_KEYS = [field.name for field in attrs.fields(AgentKeys) if field.name not in KIND_KEYS]
 
 

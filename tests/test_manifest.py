@@ -692,6 +692,25 @@ def test_include_problems_name_the_included_file(here: Path) -> None:
     ]
 
 
+def test_a_folder_named_in_an_included_file_is_shown_from_the_manifest(here: Path) -> None:
+    write(here, {"config/agents/x/agent.toml": 'entry = "x:main"\nrestart = "no"\n'})
+    write(here, {"config/conf.d/x.toml": '[agents.x]\npath = "agents/x"\n'})
+    write(here, {"config/agents.toml": '[supervisor]\ninclude = ["conf.d/*.toml"]\n'})
+    with pytest.raises(ManifestError) as info:
+        load(Path("config/agents.toml"))
+    assert info.value.errors == [
+        "config/agents/x/agent.toml: agents.x.restart:"
+        ' must be one of "always", "on-failure", "never", not "no"'
+    ]
+
+
+def test_odd_keys_are_only_unknown_keys(here: Path) -> None:
+    assert errors(here, '[agents.web]\ncommand = "x"\n__class__ = 1\n__init__ = 2\n') == [
+        "agents.toml: agents.web.__class__: unknown key",
+        "agents.toml: agents.web.__init__: unknown key",
+    ]
+
+
 def test_after_may_name_agents_of_included_files(here: Path) -> None:
     agents = loads(
         here,
