@@ -436,7 +436,11 @@ def json_schema() -> dict[str, Any]:
     """
     for cls in (Backoff, Settings, AgentSpec, AgentKeys, _Document):
         attrs.resolve_types(cls)
-    agent = _object_schema(AgentKeys, defaults_from=AgentSpec)
+    agent = _object_schema(
+        AgentKeys,
+        defaults_from=AgentSpec,
+        description='an agent: exactly one of "entry", "command" or "path", and its other keys',
+    )
     agent["oneOf"] = [{"required": [key]} for key in KIND_KEYS]
     doc = {field.name: field.metadata["doc"] for field in attrs.fields(_Document)}
     return {
@@ -459,10 +463,18 @@ def json_schema() -> dict[str, Any]:
             }
         ),
         "$defs": {
-            "supervisor": _object_schema(Settings, defaults_from=Settings),
-            "defaults": _object_schema(AgentKeys, defaults_from=AgentSpec, omit=KIND_KEYS),
+            "supervisor": _object_schema(
+                Settings, defaults_from=Settings, description=doc["supervisor"]
+            ),
+            "defaults": _object_schema(
+                AgentKeys, defaults_from=AgentSpec, description=doc["defaults"], omit=KIND_KEYS
+            ),
             "agent": agent,
-            "backoff": _object_schema(Backoff, defaults_from=Backoff),
+            "backoff": _object_schema(
+                Backoff,
+                defaults_from=Backoff,
+                description=attrs.fields(AgentKeys).backoff.metadata["doc"],
+            ),
         },
     }
 
@@ -1302,7 +1314,9 @@ def _closed(properties: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _object_schema(cls: type, *, defaults_from: type, omit: Collection[str] = ()) -> dict[str, Any]:
+def _object_schema(
+    cls: type, *, defaults_from: type, description: str, omit: Collection[str] = ()
+) -> dict[str, Any]:
     """The schema of an attrs model's table: each field's type, meaning and default."""
     defaults = attrs.fields_dict(defaults_from)
     properties = {}
@@ -1312,11 +1326,15 @@ def _object_schema(cls: type, *, defaults_from: type, omit: Collection[str] = ()
         schema = _type_schema(field.type)
         _add_rules(schema, field.metadata)
         schema["description"] = field.metadata["doc"]
-        default = defaults[field.name].default if field.name in defaults else attrs.NOTHING
-        if default is not attrs.NOTHING:
-            schema["default"] = _schema_default(default)
+        default: Any = defaults[field.name].default if field.name in defaults else None
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        if default is not None and default is not attrs.NOTHING:
+            schema["default"] = _plain(default)
+        elif field.type == Path | None:
+            schema["default"] = ""  # what a user writes for "none"
         properties[field.name] = schema
-    return {"description": (cls.__doc__ or "").split("\n")[0], **_closed(properties)}
+    return {"description": description, **_closed(properties)}
 
 
 def _add_rules(schema: dict[str, Any], rules: Mapping[str, Any]) -> None:
@@ -1331,12 +1349,6 @@ def _add_rules(schema: dict[str, Any], rules: Mapping[str, Any]) -> None:
             member.update({"minLength": 1} if rules.get("non_empty") else {})
         else:
             member.update(limits)
-
-
-def _schema_default(default: Any) -> Any:
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        default = default.factory()
-    return "" if default is None else _plain(default)
 
 
 def _type_schema(cls: Any) -> dict[str, Any]:

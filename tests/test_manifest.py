@@ -1024,6 +1024,8 @@ def test_the_schema_describes_every_key_with_its_default() -> None:
     assert agent["stop_signal"]["default"] == "SIGTERM"
     assert "TERM" in agent["stop_signal"]["enum"]
     assert "command" not in schema["$defs"]["defaults"]["properties"]
+    assert "default" not in agent["command"]
+    assert schema["$defs"]["supervisor"]["properties"]["state_file"]["default"] == ""
     assert schema["$defs"]["supervisor"]["properties"]["api"]["default"] == "127.0.0.1:7070"
     for definition in schema["$defs"].values():
         for name, prop in definition["properties"].items():
