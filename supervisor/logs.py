@@ -69,7 +69,9 @@ class JsonFormatter(logging.Formatter):
         out: dict[str, Any] = {
             "ts": round(record.created, 6),
             "level": record.levelname,
-            "agent": getattr(record, "agent", None),
+            # An agent's own lines carry `agent`; the supervisor's events about an
+            # agent carry `about`, so both can be filtered by agent id.
+            "agent": getattr(record, "agent", None) or getattr(record, "about", None),
         }
         stream = getattr(record, "stream", None)
         if stream is not None:
@@ -90,6 +92,8 @@ def setup(fmt: LogFormat = "text", level: str = "INFO") -> None:
     _listener = logging.handlers.QueueListener(q, handler)
     log.handlers[:] = [logging.handlers.QueueHandler(q)]
     log.setLevel(level.upper())
+    # Agents' output is theirs, not a supervisor event: --log-level does not hide it.
+    _output.setLevel(logging.INFO)
     log.propagate = False
     _listener.start()
 

@@ -11,6 +11,7 @@ import trio
 
 from supervisor import logs
 from supervisor import manifest as mf
+from supervisor.api import ApiConfigError, serve_api
 from supervisor.keeper import Keeper
 from supervisor.logs import log
 from supervisor.signals import handle_signals, is_pid1
@@ -40,7 +41,16 @@ def run_main(
             return EXIT_INVALID
         _raise_fd_limit()
         address = m.settings.api if api is None else api
-        return trio.run(_main, m, address, watch)
+        try:
+            return trio.run(_main, m, address, watch)
+        except BaseExceptionGroup as group:
+            refused, rest = group.split(ApiConfigError)
+            if refused is None or rest is not None:
+                raise
+            for reason in _leaves(refused):
+                print(f"cannot serve the API: {reason}", file=sys.stderr)
+            log.error("the API could not start: stopped")
+            return EXIT_INVALID
     finally:
         logs.shutdown()
 
@@ -59,8 +69,6 @@ async def _main(m: mf.Manifest, address: str, watch: bool) -> int:
                 lambda pid: any(s.pid == pid for s in sup.slots.values()),
             )
             if address:
-                from supervisor.api import serve_api
-
                 await nursery.start(serve_api, sup, address)
             if watch:
                 await nursery.start(
@@ -79,6 +87,14 @@ async def _main(m: mf.Manifest, address: str, watch: bool) -> int:
         print(sup.exit_message, flush=True)
     log.info("stopped (exit %d)", code)
     return code
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[BaseException]:
+    return [
+        leaf
+        for exc in group.exceptions
+        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 def _raise_fd_limit() -> None:

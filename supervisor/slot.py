@@ -263,12 +263,14 @@ class Slot:
             self.since = trio.current_time()
         self.state = state
         self.reason = reason
+        about = {"about": self.spec.id}
         if state in ("backoff", "failed"):
-            log.warning("%s: %s (%s)", self.spec.id, state, reason)
+            log.warning("%s: %s (%s)", self.spec.id, state, reason, extra=about)
         elif state in ("running", "exited", "stopped"):
-            log.info("%s: %s%s", self.spec.id, state, f" ({reason})" if reason else "")
+            why = f" ({reason})" if reason else ""
+            log.info("%s: %s%s", self.spec.id, state, why, extra=about)
         else:
-            log.debug("%s: %s", self.spec.id, state)
+            log.debug("%s: %s", self.spec.id, state, extra=about)
         self._notify()
 
     def _notify(self) -> None:

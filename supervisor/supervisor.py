@@ -32,6 +32,9 @@ from supervisor.runners import Hooks, Outcome, Runner
 from supervisor.slot import Slot
 
 TERMINATION_LOG = Path("/dev/termination-log")
+# Manifests larger than this are read in a worker thread: parsing 10,000 agents takes
+# ~100 ms that the loop should not be blocked for; small ones are not worth the hop.
+BIG_MANIFEST = 256 * 1024
 
 
 class NotFound(LookupError):
@@ -201,7 +204,7 @@ class Supervisor:
     async def _do_reload(self) -> None:
         replies, self._reload_replies = self._reload_replies or [], None
         try:
-            new = await trio.to_thread.run_sync(mf.load, self.manifest.path)
+            new = await self._read_manifest()
             desired, sources = self._desired(new)
         except ManifestError as exc:
             self.reloads_failed += 1
@@ -233,6 +236,17 @@ class Supervisor:
         for reply in replies:
             reply.set(result)
 
+    async def _read_manifest(self) -> Manifest:
+        """Load the manifest file; a big one in a worker thread, to keep the loop free."""
+        path = self.manifest.path
+        try:
+            big = path.stat().st_size > BIG_MANIFEST
+        except OSError:
+            big = False  # load() reports the file's absence
+        if big:
+            return await trio.to_thread.run_sync(mf.load, path)
+        return mf.load(path)
+
     def _desired(self, m: Manifest) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
         """The manifest's agents plus the API overlay's (the manifest wins an id)."""
         desired = dict(m.agents)
@@ -260,6 +274,7 @@ class Supervisor:
             agent_id,
             table,
             base=self.manifest.path.parent,
+            defaults=self.manifest.defaults,
             known_ids=list(known),
             label=str(self.manifest.settings.state_file or "request"),
         )

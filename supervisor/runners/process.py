@@ -207,8 +207,11 @@ async def _maybe_notify_socket(spec: AgentSpec) -> AsyncIterator[NotifySocket | 
 def _environment(spec: AgentSpec, notify: NotifySocket | None) -> dict[str, str]:
     """Our environment, plus the agent's, plus its own ``$NOTIFY_SOCKET`` if any."""
     env = dict(os.environ)
-    # If we run under systemd ourselves, our NOTIFY_SOCKET is not the agent's to use.
+    # If we run under systemd ourselves, our NOTIFY_SOCKET is not the agent's to use;
+    # and the API token is the operator's, not every agent's (an agent's own env may
+    # still set it).
     env.pop("NOTIFY_SOCKET", None)
+    env.pop("SUPERVISOR_TOKEN", None)
     env.update(spec.env)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
