@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +29,36 @@ def make_spec(agent_id: str = "a", **keys: Any) -> AgentSpec:
     keys.setdefault("root", HERE)
     keys.setdefault("cwd", HERE)
     return AgentSpec(id=agent_id, **keys)
+
+
+# Every process a test starts inherits this mark, however deep: after the suite, a
+# process still carrying it was leaked.
+SESSION_MARK = f"SUPERVISOR_TEST_SESSION={os.getpid()}-{time.time_ns()}"
+os.environ["SUPERVISOR_TEST_SESSION"] = SESSION_MARK.split("=", 1)[1]
+
+
+def _marked() -> list[int]:
+    """Live processes, other than this one, that carry this session's mark."""
+    found = []
+    mark = SESSION_MARK.encode() + b"\0"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes():
+                stat = (proc / "stat").read_text()
+                if not stat[stat.rindex(")") + 2 :].startswith(("Z", "X")):
+                    found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """After the whole suite, no process a test started may still be running."""
+    yield
+    deadline = time.monotonic() + 10
+    while (leaked := _marked()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leaked, f"processes left running after the tests: {sorted(leaked)}"
