@@ -66,7 +66,7 @@ async def _main(m: mf.Manifest, address: str, watch: bool) -> int:
                 sup.request_reload,
                 sup.request_shutdown,
                 sup.kill_all,
-                lambda pid: any(s.pid == pid for s in sup.slots.values()),
+                lambda: {s.pid for s in sup.slots.values() if s.pid is not None},
             )
             if address:
                 await nursery.start(serve_api, sup, address)

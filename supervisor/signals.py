@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
 
 import trio
@@ -37,7 +37,7 @@ async def handle_signals(
     reload: Callable[[], object],
     shutdown: Callable[[], None],
     kill_all: Callable[[], None],
-    owned: Callable[[int], bool],
+    agent_pids: Callable[[], Container[int]],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -47,7 +47,7 @@ async def handle_signals(
       reload: called on SIGHUP.
       shutdown: called on the first SIGTERM / SIGINT.
       kill_all: called on every later SIGTERM / SIGINT.
-      owned: whether a pid is a live agent's (PID 1 reaping leaves those alone).
+      agent_pids: the pids of live agents (PID 1 reaping leaves those alone).
     """
     wanted = [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]
     pid1 = is_pid1()
@@ -57,10 +57,10 @@ async def handle_signals(
     with trio.open_signal_receiver(*wanted) as signals:
         task_status.started()
         if pid1:
-            reap_orphans(owned)  # whatever exited before we listened
+            reap_orphans(agent_pids())  # whatever exited before we listened
         async for signum in signals:
             if signum == signal.SIGCHLD:
-                reap_orphans(owned)
+                reap_orphans(agent_pids())
             elif signum == signal.SIGHUP:
                 log.info("SIGHUP: reloading")
                 reload()
@@ -75,12 +75,10 @@ async def handle_signals(
                     kill_all()
 
 
-def reap_orphans(owned: Callable[[int], bool]) -> int:
-    """Reap our zombie children that no slot owns; return how many were reaped."""
+def reap_orphans(agent_pids: Container[int]) -> int:
+    """Reap our zombie children that are not agents; return how many were reaped."""
     reaped = 0
-    for pid in _zombie_children():
-        if owned(pid):
-            continue
+    for pid in _zombie_children(agent_pids):
         try:
             got, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -98,16 +96,18 @@ def _remember(pid: int, status: int) -> None:
         del REAPED[next(iter(REAPED))]
 
 
-def _zombie_children() -> Iterator[int]:
+def _zombie_children(skip: Container[int]) -> Iterator[int]:
+    """Our zombie children not in `skip`. Agents are skipped before their state is read,
+    so a pass costs one read per thread plus one per non-agent child."""
     me = os.getpid()
     for children in Path(f"/proc/{me}/task").glob("*/children"):
         try:
-            pids = children.read_text().split()
+            pids = [int(p) for p in children.read_text().split()]
         except OSError:
             continue
         for pid in pids:
-            if _is_zombie(int(pid)):
-                yield int(pid)
+            if pid not in skip and _is_zombie(pid):
+                yield pid
 
 
 def _is_zombie(pid: int) -> bool:
