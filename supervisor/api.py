@@ -13,6 +13,7 @@ nothing. An unexpected exception answers 500 and is logged: that is a bug.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
@@ -20,6 +21,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import hypercorn.trio
 import trio
-from hypercorn.config import Config
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -51,6 +54,7 @@ from supervisor.supervisor import Conflict, NotFound, ShuttingDown, StartFailed,
 MAX_BODY = 1024 * 1024  # bytes; larger request bodies get 413
 MAX_DEPTH = 32  # nesting levels of a request body
 GRACE = 3.0  # seconds requests in flight get to finish when the API stops
+BACKLOG = 128  # connections the kernel queues before we accept them
 TOKEN_ENV = "SUPERVISOR_TOKEN"
 
 # hypercorn's own messages ("Running on ...") repeat ours; keep its warnings and errors.
@@ -67,12 +71,13 @@ class ApiConfigError(Exception):
 
 @attrs.frozen
 class Listen:
-    """Where to listen: `bind` in hypercorn's syntax, and whether only local clients can
-    reach it (loopback or a unix socket)."""
+    """Where to listen: a unix socket's `path`, or `host` and `port`; and whether only
+    local clients can reach it (loopback or a unix socket)."""
 
-    bind: str
     local: bool
-    unix_path: Path | None = None
+    path: Path | None = None
+    host: str = ""
+    port: int = 0
 
 
 def parse_address(address: str) -> Listen:
@@ -82,17 +87,18 @@ def parse_address(address: str) -> Listen:
       ApiConfigError: the address is not one of those forms.
     """
     if address.startswith("unix:"):
-        path = address[len("unix:") :]
+        path = address.removeprefix("unix:")
         if not path:
             raise ApiConfigError(f"API address {address!r}: a unix socket needs a path")
-        return Listen(bind=address, local=True, unix_path=Path(path))
+        return Listen(local=True, path=Path(path))
     host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ApiConfigError(
             f"API address {address!r}: expected HOST:PORT (like 127.0.0.1:7070), "
             'unix:/path/to.sock, or "" for no API'
         )
-    return Listen(bind=address, local=is_loopback(host.strip("[]")))
+    return Listen(local=is_loopback(host), host=host, port=int(port))
 
 
 def is_loopback(host: str) -> bool:
@@ -163,14 +169,17 @@ def _on_api_error(request: Request, exc: Exception) -> Response:
 def _on_http_exception(request: Request, exc: Exception) -> Response:
     # Starlette's router raises these: 404 unknown route, 405 wrong method (with Allow).
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = f"no route {request.url.path}"
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        # Starlette lists the methods from a set: sort them, for stable answers.
+        allowed = ", ".join(sorted(m.strip() for m in headers.get("Allow", "").split(",")))
+        headers["Allow"] = allowed
         message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
     else:
         message = exc.detail
-    return _error(exc.status_code, message, headers=exc.headers)
+    return _error(exc.status_code, message, headers=headers)
 
 
 def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -394,18 +403,16 @@ class ControlApi:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/agents", self.list_agents, methods=["GET"]),
-            Route("/agents", self.load, methods=["POST"]),
-            Route("/agents/{id}", self.get_agent, methods=["GET"]),
-            Route("/agents/{id}", self.unload, methods=["DELETE"]),
-            Route("/agents/{id}/start", partial(self.control, "start"), methods=["POST"]),
-            Route("/agents/{id}/stop", partial(self.control, "stop"), methods=["POST"]),
-            Route("/agents/{id}/restart", partial(self.control, "restart"), methods=["POST"]),
-            Route("/reload", self.reload, methods=["POST"]),
-            Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/readyz", self.readyz, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/openapi.json", self.openapi, methods=["GET"]),
+            _route("/agents", GET=self.list_agents, POST=self.load),
+            _route("/agents/{id}", GET=self.get_agent, DELETE=self.unload),
+            _route("/agents/{id}/start", POST=partial(self.control, "start")),
+            _route("/agents/{id}/stop", POST=partial(self.control, "stop")),
+            _route("/agents/{id}/restart", POST=partial(self.control, "restart")),
+            _route("/reload", POST=self.reload),
+            _route("/healthz", GET=self.healthz),
+            _route("/readyz", GET=self.readyz),
+            _route("/metrics", GET=self.metrics),
+            _route("/openapi.json", GET=self.openapi),
         ]
 
     async def list_agents(self, request: Request) -> Response:
@@ -459,7 +466,9 @@ class ControlApi:
         return JSONResponse({"ready": True, "not_ready": {}})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        # Negotiated like prometheus-client's own handlers: OpenMetrics when asked for.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.registry), headers={"content-type": content_type})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(OPENAPI)
@@ -476,6 +485,16 @@ class ControlApi:
             return await request
         except _KNOWN as exc:
             raise _on_known(exc) from None
+
+
+def _route(path: str, **handlers: Endpoint) -> Route:
+    """One route per path, dispatching on the method: with one route per method,
+    Starlette's 405 would list only the first route's methods in ``Allow``."""
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, dispatch, methods=list(handlers))
 
 
 class CountRequests:
@@ -743,7 +762,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "Prometheus text format",
-                        **_body({"type": "string"}, CONTENT_TYPE_LATEST.split(";")[0]),
+                        **_body({"type": "string"}, CONTENT_TYPE_PLAIN_0_0_4.split(";")[0]),
                     }
                 },
             }
@@ -860,18 +879,16 @@ async def serve_api(
     listen = parse_address(address)
     guard = Guard(token=api_token(sup.manifest.settings), local=listen.local, address=address)
     app = build_app(sup, guard)
+    sock = bind(listen, address)
     stop = trio.Event()
     # The server runs shielded so that a cancel reaches it as a graceful stop (`stop`),
     # not as a cancellation of every request in flight; the shield's deadline bounds it.
     shield = trio.CancelScope(shield=True)
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(_serve, app, sock, stop, shield)
             try:
-                binds = await nursery.start(_serve, app, _config(listen), stop, shield)
-            except OSError as exc:
-                raise ApiConfigError(f"API address {address}: cannot listen: {exc}") from None
-            try:
-                bound = binds[0].removeprefix("http://")
+                bound = _name(sock)
                 log.info("API on %s (%s)", bound, _access_note(guard))
                 task_status.started(bound)
                 await trio.sleep_forever()
@@ -879,17 +896,61 @@ async def serve_api(
                 stop.set()
                 shield.deadline = trio.current_time() + GRACE + 1.0
     finally:
-        if listen.unix_path is not None:
-            listen.unix_path.unlink(missing_ok=True)
+        sock.close()
+        if listen.path is not None:
+            listen.path.unlink(missing_ok=True)
 
 
-def _config(listen: Listen) -> Config:
-    config = Config()
-    config.bind = [listen.bind]
-    config.errorlog = _http_log
-    config.accesslog = None
-    config.graceful_timeout = GRACE
-    return config
+def bind(listen: Listen, address: str) -> socket.socket:
+    """A listening socket for `listen`.
+
+    A unix socket file left by a supervisor that is gone is replaced; one that still
+    answers is not.
+
+    Raises:
+      ApiConfigError: the address cannot be bound (in use, no permission, no such host).
+    """
+    try:
+        if listen.path is not None:
+            _remove_stale_socket(listen.path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target: Any = str(listen.path)
+        else:
+            family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            target = (listen.host, listen.port)
+    except OSError as exc:
+        raise ApiConfigError(f"API address {address}: cannot listen: {exc}") from None
+    try:
+        sock.bind(target)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ApiConfigError(f"API address {address}: cannot listen: {exc}") from None
+    return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    if not path.is_socket():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # nobody listens: left behind by a supervisor that was killed
+            return
+    raise OSError(errno.EADDRINUSE, "another process answers on this socket")
+
+
+def _name(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}"
 
 
 def _access_note(guard: Guard) -> str:
@@ -902,16 +963,27 @@ def _access_note(guard: Guard) -> str:
 
 async def _serve(
     app: ASGIApp,
-    config: Config,
+    sock: socket.socket,
     stop: trio.Event,
     shield: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """hypercorn's trio worker on `sock`, until `stop` is set or `shield` runs out.
+
+    (`hypercorn.trio.serve` binds its own sockets; binding here first keeps a failed
+    bind a plain error, and the socket ours to close.)
+    """
+    config = Config()
+    config.errorlog = _http_log
+    config.accesslog = None
+    config.graceful_timeout = GRACE
+    sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     with shield:
-        await hypercorn.trio.serve(
-            app,  # type: ignore[arg-type]  # hypercorn's ASGI types are narrower than Starlette's
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
             config,
+            sockets=sockets,
             shutdown_trigger=stop.wait,
             task_status=task_status,
         )
