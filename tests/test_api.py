@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +34,8 @@ from supervisor.api import (
     parse_address,
     serve_api,
 )
+from supervisor.manifest import AgentSpec
+from supervisor.runners import Hooks, Outcome, Runner
 from supervisor.supervisor import Supervisor
 
 AGENTS = "tests.agents.api_agents"
@@ -68,11 +72,12 @@ async def open_api(
     *,
     address: str = "127.0.0.1:0",
     headers: dict[str, str] | None = None,
+    runner: Runner | None = None,
 ) -> AsyncIterator[Api]:
     """Run a supervisor for `toml` and its API; yield once every agent has settled."""
     manifest = tmp_path / "agents.toml"
     manifest.write_text(toml)
-    sup = Supervisor(mf.load(manifest))
+    sup = Supervisor(mf.load(manifest), runner)
     async with trio.open_nursery() as nursery:
 
         async def run_supervisor(*, task_status: trio.TaskStatus[None]) -> None:
@@ -555,6 +560,49 @@ async def test_openapi_document_matches_the_routes(tmp_path: Path) -> None:
 
 
 # -- unknown routes, wrong methods, odd requests: never a 500 ----------------------
+
+
+async def pretend(spec: AgentSpec, hooks: Hooks) -> Outcome:
+    """A runner that runs nothing: every agent is ready at once and runs until stopped."""
+    hooks.launched(None)
+    hooks.ready()
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_schemathesis_finds_no_5xx_and_nothing_off_the_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the fuzzer loads runs nothing (`pretend`), so any command it makes up is
+    # harmless. With a token set, requests without it must get 401 as documented.
+    monkeypatch.setenv("SUPERVISOR_TOKEN", "fuzz")
+    schemathesis = Path(sys.executable).parent / "schemathesis"
+    with trio.fail_after(120):
+        async with open_api(
+            tmp_path, 'x-a = 1\n[agents.a]\ncommand = "x"\n', runner=pretend
+        ) as api:
+            command: list[str | Path] = [
+                *(schemathesis, "run", f"http://{api.address}/openapi.json"),
+                *("--checks", "all"),
+                # POST /agents validates beyond what a schema can say (an entry must
+                # import): schema-valid bodies are often rightly refused.
+                *("--exclude-checks", "positive_data_acceptance"),
+                # /readyz answers a documented 503 once the fuzzer stops agent a.
+                *("--exclude-path", "/readyz"),
+                *("--header", "Authorization: Bearer fuzz"),
+                *("--max-examples", "30", "--generation-database", "none", "--no-color"),
+            ]
+            run = await trio.run_process(
+                command,
+                cwd=tmp_path,
+                capture_stdout=True,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+            output = run.stdout.decode(errors="replace")
+            assert run.returncode == 0, output
+            assert "Tested: 10" in output, output  # every operation but /readyz
+            assert (await api.http.get("/healthz")).status_code == 200
 
 
 async def test_unknown_routes_404_and_wrong_methods_405_as_json(tmp_path: Path) -> None:
