@@ -1,0 +1,243 @@
+"""The `Coordinator` seam: what a cluster member asks of the store it coordinates through.
+
+A member needs a lease it keeps alive (its liveness), a registration attached to it,
+ownership keys it creates only when absent and attaches to its lease (its right to run
+an agent), the shared overlay of agents loaded over the API, and a watch on all of it.
+`EtcdCoordinator` provides these on etcd v3; a Kubernetes backend (Lease objects and
+their watch) would provide the same. Nothing above this seam knows which store it is.
+
+Layout of one cluster's keys under its namespace NS in etcd::
+
+    /NS/members/<member>   {"member", "pid", "host", "since"}   attached to the member's lease
+    /NS/owners/<agent id>  {"member"}                           attached to the owner's lease
+    /NS/overlay/<agent id> the agent's table, as loaded over the API   (no lease: it persists)
+
+When a lease ends (revoked, or expired because its member stopped refreshing it), etcd
+deletes every key attached to it at once: the member leaves and its agents are free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from typing import Any, Literal, Protocol
+
+import attrs
+
+from supervisor.cluster import Compacted, Refused, Unavailable
+from supervisor.cluster.etcd import EtcdClient, Event, KeyValue
+
+__all__ = ["Compacted", "Coordinator", "EtcdCoordinator", "Refused", "Unavailable"]
+
+Section = Literal["members", "owners", "overlay"]
+SECTIONS: tuple[Section, ...] = ("members", "owners", "overlay")
+
+
+@attrs.frozen
+class Lease:
+    """A lease granted by the store: `id`, and its `ttl` in seconds."""
+
+    id: int
+    ttl: float
+
+
+@attrs.frozen
+class Holder:
+    """Who holds an agent's ownership key: the member's name, and the lease it is on."""
+
+    member: str
+    lease: int
+
+
+@attrs.frozen
+class Snapshot:
+    """The whole cluster state at `revision`."""
+
+    revision: int
+    members: dict[str, dict[str, Any]]  # name -> what it registered
+    owners: dict[str, Holder]  # agent id -> who holds its key
+    overlay: dict[str, dict[str, Any]]  # agent id -> its table
+
+
+@attrs.frozen
+class Change:
+    """One key of `section` set (`value`) or deleted (`value is None`).
+
+    `value` is the member's registration, a `Holder`, or an overlay table.
+    """
+
+    section: Section
+    id: str
+    value: Any
+
+
+@attrs.frozen
+class Batch:
+    """Changes that happened at `revision`, in order."""
+
+    revision: int
+    changes: tuple[Change, ...]
+
+
+class Coordinator(Protocol):
+    """What a member needs from the coordination store.
+
+    Every call is bounded in time by the implementation; callers needing a tighter bound
+    use a cancel scope. Every async method may raise `Unavailable` (the store did not
+    answer in time) or `Refused` (it answered with an error); nothing else, short of a bug.
+    """
+
+    async def grant(self, ttl: float) -> Lease:
+        """A new lease of about `ttl` seconds (the store may round it up)."""
+
+    async def keepalive(self, lease: Lease) -> float:
+        """Refresh `lease`; return its new ttl, or 0 if it is gone (expired or revoked)."""
+
+    async def revoke(self, lease: Lease) -> None:
+        """End `lease` now, deleting every key attached to it. A lease already gone is fine."""
+
+    async def register(self, member: str, lease: Lease) -> Holder | None:
+        """Register `member` under `lease`; return the registration it replaced, if any."""
+
+    async def claim(self, agent_id: str, member: str, lease: Lease) -> Holder | None:
+        """Create `agent_id`'s ownership key for `member` on `lease` if absent.
+
+        Returns None when `member` holds it now on `lease` (created now, or before),
+        else the holder that keeps it.
+        """
+
+    async def release(self, agent_id: str, lease: Lease) -> None:
+        """Delete `agent_id`'s ownership key if `lease` holds it."""
+
+    async def snapshot(self) -> Snapshot:
+        """Read the whole cluster state."""
+
+    def watch(self, revision: int) -> AbstractAsyncContextManager[AsyncIterator[Batch]]:
+        """Every change after `revision`, as it happens. The stream has no end.
+
+        Raises (entering or iterating) `Unavailable` when the stream breaks, and
+        `Compacted` when `revision` is too old: take a new snapshot then.
+        """
+
+    async def put_overlay(self, agent_id: str, table: dict[str, Any]) -> bool:
+        """Store `table` as `agent_id`'s overlay entry unless one exists; return whether stored."""
+
+    async def delete_overlay(self, agent_id: str) -> bool:
+        """Delete `agent_id`'s overlay entry; return whether it existed."""
+
+    async def aclose(self) -> None:
+        """Release the connections."""
+
+
+class EtcdCoordinator:
+    """The `Coordinator` on etcd v3, through its JSON gateway.
+
+    Args:
+      endpoints: etcd client URLs ("http://host:port").
+      namespace: the prefix of this cluster's keys (several clusters can share an etcd).
+      timeout: the deadline of one call, in seconds.
+    """
+
+    def __init__(self, endpoints: Sequence[str], namespace: str, *, timeout: float = 5.0) -> None:
+        self.etcd = EtcdClient(endpoints, timeout=timeout)
+        self.prefix = f"/{namespace.strip('/')}/"
+
+    def key(self, section: Section, name: str) -> str:
+        return f"{self.prefix}{section}/{name}"
+
+    async def grant(self, ttl: float) -> Lease:
+        # etcd counts whole seconds: round up, never down, so the lease is not shorter
+        # than asked for; etcd may round up further to its minimum.
+        lease, granted = await self.etcd.grant(max(1, int(-(-ttl // 1))))
+        return Lease(lease, float(granted))
+
+    async def keepalive(self, lease: Lease) -> float:
+        return float(await self.etcd.keepalive(lease.id))
+
+    async def revoke(self, lease: Lease) -> None:
+        await self.etcd.revoke(lease.id)
+
+    async def register(self, member: str, lease: Lease) -> Holder | None:
+        info = {"member": member, "pid": os.getpid(), "host": socket.gethostname()}
+        info["since"] = round(time.time(), 3)
+        prev = await self.etcd.put(self.key("members", member), _json(info), lease.id)
+        return None if prev is None else Holder(member, prev.lease)
+
+    async def claim(self, agent_id: str, member: str, lease: Lease) -> Holder | None:
+        created, kv = await self.etcd.create(
+            self.key("owners", agent_id), _json({"member": member}), lease.id
+        )
+        if created:
+            return None
+        if kv is None:  # cannot happen: the compare and the read are one atomic transaction
+            return Holder("", 0)
+        holder = _holder(kv)
+        return None if holder == Holder(member, lease.id) else holder
+
+    async def release(self, agent_id: str, lease: Lease) -> None:
+        await self.etcd.delete_if_lease(self.key("owners", agent_id), lease.id)
+
+    async def snapshot(self) -> Snapshot:
+        kvs, revision = await self.etcd.range_prefix(self.prefix)
+        state: dict[Section, dict[str, Any]] = {section: {} for section in SECTIONS}
+        for kv in kvs:
+            change = self._change(kv, deleted=False)
+            if change is not None:
+                state[change.section][change.id] = change.value
+        return Snapshot(revision, state["members"], state["owners"], state["overlay"])
+
+    @asynccontextmanager
+    async def watch(self, revision: int) -> AsyncIterator[AsyncIterator[Batch]]:
+        async with (
+            self.etcd.watch(self.prefix, revision + 1) as events,
+            aclosing(self._batches(events)) as batches,
+        ):
+            yield batches
+
+    async def put_overlay(self, agent_id: str, table: dict[str, Any]) -> bool:
+        created, _ = await self.etcd.create(self.key("overlay", agent_id), _json(table))
+        return created
+
+    async def delete_overlay(self, agent_id: str) -> bool:
+        return await self.etcd.delete(self.key("overlay", agent_id))
+
+    async def aclose(self) -> None:
+        await self.etcd.aclose()
+
+    async def _batches(self, events: AsyncIterator[list[Event]]) -> AsyncGenerator[Batch, None]:
+        async for batch in events:
+            changes = [self._change(e.kv, deleted=e.type == "delete") for e in batch]
+            kept = tuple(c for c in changes if c is not None)
+            if kept:
+                yield Batch(max(e.kv.mod_revision for e in batch), kept)
+
+    def _change(self, kv: KeyValue, *, deleted: bool) -> Change | None:
+        """The change `kv` stands for; None for keys this member does not understand."""
+        section, _, name = kv.key[len(self.prefix) :].partition("/")
+        if section not in SECTIONS or not name:
+            return None
+        if deleted:
+            return Change(section, name, None)
+        try:
+            value = json.loads(kv.value)
+        except ValueError:
+            return None  # written by someone else; not ours to interpret
+        if section == "owners":
+            value = _holder(kv)
+        return Change(section, name, value)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _holder(kv: KeyValue) -> Holder:
+    try:
+        member = str(json.loads(kv.value).get("member", ""))
+    except (ValueError, AttributeError):
+        member = ""
+    return Holder(member, kv.lease)
