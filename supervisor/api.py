@@ -163,6 +163,9 @@ def _error(
 
 def _on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if exc.status == 403:  # a wrong token, or changes asked for over the network
+        client = request.client.host if request.client and request.client.host else "local"
+        log.warning("API: refused %s %s from %s: %s", request.method, request.url.path, client, exc)
     return _error(exc.status, exc.message, exc.extra, headers=exc.headers)
 
 

@@ -170,7 +170,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
     result = response.json()
     for key in ("started", "stopped", "restarted"):
         print(f"{key}: {', '.join(result[key]) or '-'}")
-    print(f"unchanged: {len(result['unchanged'])} agents")
+    unchanged = len(result["unchanged"])
+    print(f"unchanged: {unchanged} agent{'s' * (unchanged != 1)}")
     for agent_id, why in result["failed"].items():
         print(f"failed to start: {agent_id}: {why}")
     return EXIT_NOT_READY if result["failed"] else EXIT_OK
