@@ -425,6 +425,22 @@ async def test_start_stop_restart(tmp_path: Path) -> None:
                 assert (r.status_code, r.json()) == (404, {"error": "no agent 'nope'"})
 
 
+async def test_requests_during_shutdown_get_503(tmp_path: Path) -> None:
+    done = tmp_path / "cleaned"
+    toml = f'[agents.a]\nentry = "{AGENTS}:cleanup"\nparams = {{file = "{done}", linger = 0.5}}\n'
+    with trio.fail_after(10):
+        async with open_api(tmp_path, toml) as api:
+            api.sup.request_shutdown()
+            await wait_for(lambda: api.slot_state("a") == "stopping")
+            for method, path in [("POST", "/agents/a/restart"), ("POST", "/reload")]:
+                r = await api.http.request(method, path)
+                assert r.status_code == 503, path
+                assert r.json() == {"error": "the supervisor is shutting down"}
+            r = await api.http.post("/agents", json={"id": "b", "entry": f"{AGENTS}:idle"})
+            assert r.status_code == 503
+            assert (await api.http.get("/agents/a")).json()["state"] == "stopping"
+
+
 # -- reload -------------------------------------------------------------------------
 
 

@@ -13,12 +13,13 @@ async def idle(ctx: AgentContext) -> None:
 
 
 async def cleanup(ctx: AgentContext) -> None:
-    """Run until stopped; on the way out, take a moment, then write ``params.file``."""
+    """Run until stopped; on the way out, take ``params.linger`` seconds (0.05), then
+    write ``params.file``."""
     try:
         await trio.sleep_forever()
     finally:
         with ctx.cleanup():
-            await trio.sleep(0.05)
+            await trio.sleep(ctx.params.get("linger", 0.05))
             await trio.Path(ctx.params["file"]).write_text("cleaned up\n")
 
 
