@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from supervisor.api import (
 from supervisor.manifest import AgentSpec
 from supervisor.runners import Hooks, Outcome, Runner
 from supervisor.supervisor import Supervisor
+from tests.agents import api_agents
 
 AGENTS = "tests.agents.api_agents"
 IDLE = f'[agents.a]\nentry = "{AGENTS}:idle"\n'
@@ -242,14 +244,21 @@ async def test_twenty_concurrent_loads_of_one_id_give_one_201(tmp_path: Path) ->
             assert api.slot_state("b") == "running"
 
 
+async def post_and_leave(api: Api, body: dict[str, Any]) -> None:
+    """POST /agents `body`, and go away once the owner has begun the load."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(api.http.post, "/agents", json=body))
+        await wait_for(lambda: body["id"] in api.sup.slots)
+        nursery.cancel_scope.cancel()
+
+
 async def test_client_gone_mid_load_leaves_the_load_whole(tmp_path: Path) -> None:
     toml = '[supervisor]\nstate_file = "state.toml"\n' + IDLE
     body = {"id": "b", "entry": f"{AGENTS}:slow", "ready": "notify", "params": {"delay": 0.3}}
     with trio.fail_after(10):
         async with open_api(tmp_path, toml) as api:
-            with trio.move_on_after(0.05) as gone:
-                await api.http.post("/agents", json=body)
-            assert gone.cancelled_caught
+            await post_and_leave(api, body)
+            assert api.slot_state("b") == "starting"  # gone before the answer
             await wait_for(lambda: api.slot_state("b") == "running" and "b" in api.sup.overlay)
             assert "[agents.b]" in (tmp_path / "state.toml").read_text()
             again = await api.http.post("/agents", json=body)
@@ -260,9 +269,8 @@ async def test_client_gone_mid_failing_load_keeps_nothing(tmp_path: Path) -> Non
     body = {"id": "b", "entry": f"{AGENTS}:slow", "ready": "notify", "start_timeout": 0.2}
     with trio.fail_after(10):
         async with open_api(tmp_path) as api:
-            with trio.move_on_after(0.05):
-                await api.http.post("/agents", json={**body, "params": {"delay": 5}})
-            assert "b" in api.sup.slots  # still starting
+            await post_and_leave(api, {**body, "params": {"delay": 5}})
+            assert api.slot_state("b") == "starting"
             await wait_for(lambda: "b" not in api.sup.slots)
             assert "b" not in api.sup.overlay
 
@@ -426,10 +434,9 @@ async def test_start_stop_restart(tmp_path: Path) -> None:
 
 
 async def test_requests_during_shutdown_get_503(tmp_path: Path) -> None:
-    done = tmp_path / "cleaned"
-    toml = f'[agents.a]\nentry = "{AGENTS}:cleanup"\nparams = {{file = "{done}", linger = 0.5}}\n'
+    api_agents.RELEASE["a"] = release = trio.Event()  # holds agent a in its cleanup
     with trio.fail_after(10):
-        async with open_api(tmp_path, toml) as api:
+        async with open_api(tmp_path, f'[agents.a]\nentry = "{AGENTS}:held"\n') as api:
             api.sup.request_shutdown()
             await wait_for(lambda: api.slot_state("a") == "stopping")
             for method, path in [("POST", "/agents/a/restart"), ("POST", "/reload")]:
@@ -439,6 +446,7 @@ async def test_requests_during_shutdown_get_503(tmp_path: Path) -> None:
             r = await api.http.post("/agents", json={"id": "b", "entry": f"{AGENTS}:idle"})
             assert r.status_code == 503
             assert (await api.http.get("/agents/a")).json()["state"] == "stopping"
+            release.set()
 
 
 # -- reload -------------------------------------------------------------------------

@@ -13,14 +13,26 @@ async def idle(ctx: AgentContext) -> None:
 
 
 async def cleanup(ctx: AgentContext) -> None:
-    """Run until stopped; on the way out, take ``params.linger`` seconds (0.05), then
-    write ``params.file``."""
+    """Run until stopped; on the way out, take a moment, then write ``params.file``."""
     try:
         await trio.sleep_forever()
     finally:
         with ctx.cleanup():
-            await trio.sleep(ctx.params.get("linger", 0.05))
+            await trio.sleep(0.05)
             await trio.Path(ctx.params["file"]).write_text("cleaned up\n")
+
+
+# Events a test creates (in its own trio run) to hold `held` agents in their cleanup.
+RELEASE: dict[str, trio.Event] = {}
+
+
+async def held(ctx: AgentContext) -> None:
+    """Run until stopped; on the way out, wait for ``RELEASE[id]`` to be set."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        with ctx.cleanup():
+            await RELEASE[ctx.id].wait()
 
 
 async def slow(ctx: AgentContext) -> None:
