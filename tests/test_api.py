@@ -594,6 +594,7 @@ async def pretend(spec: AgentSpec, hooks: Hooks) -> Outcome:
     raise AssertionError("unreachable")
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_no_5xx_and_nothing_off_the_document(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
