@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -819,7 +820,19 @@ async def test_unix_socket_serves_changes_without_a_token(tmp_path: Path) -> Non
             await wait_for(lambda: not sock.exists())  # removed on the way out
 
 
-# -- serving ------------------------------------------------------------------------
+# -- serving -----------------------------------------------------------------------
+
+
+async def test_a_stale_unix_socket_is_replaced_and_a_live_one_is_not(tmp_path: Path) -> None:
+    sock = tmp_path / "api.sock"
+    with socket.socket(socket.AF_UNIX) as gone:  # bound, then closed: nobody listens
+        gone.bind(str(sock))
+    with trio.fail_after(10):
+        async with open_api(tmp_path, address=f"unix:{sock}") as api:
+            assert (await api.http.get("/healthz")).status_code == 200
+            with pytest.raises(ApiConfigError, match="another process answers on this socket"):
+                await serve_api(api.sup, f"unix:{sock}")
+            assert (await api.http.get("/healthz")).status_code == 200
 
 
 async def test_an_address_in_use_is_a_clear_error(tmp_path: Path) -> None:
