@@ -169,10 +169,12 @@ class Ours(Peer):
     name = "ours"
     can_reload = True
 
-    def __init__(self, python: str, backoff_initial: float | None) -> None:
+    def __init__(self, python: str, backoff_initial: float | None, rev: str = "") -> None:
         super().__init__()
-        self.python = python
+        self.python = os.path.abspath(python)
         self.backoff_initial = backoff_initial
+        self.rev = rev
+        self.src = REPO
         self.port = 0
         self.manifest = WORK / "agents.toml"
         self.last_reload: Any = None
@@ -180,9 +182,12 @@ class Ours(Peer):
     def setup(self) -> None:
         if not Path(self.python).exists():
             raise Unavailable(f"{self.python} not found (run `just setup`)")
+        if self.rev:
+            self.src = self.export(self.rev)
         probe = subprocess.run(
             [self.python, "-c", "import supervisor.supervisor"],
-            cwd=REPO,
+            cwd=self.src,
+            env=self.env(),
             capture_output=True,
             text=True,
             timeout=60,
@@ -190,6 +195,26 @@ class Ours(Peer):
         if probe.returncode != 0:
             last = (probe.stderr.strip().splitlines() or ["?"])[-1]
             raise Unavailable(f"`import supervisor.supervisor` failed: {last}")
+
+    def export(self, rev: str) -> Path:
+        """A copy of the package as of git `rev`, so edits in progress do not disturb a run."""
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", rev],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise Unavailable(f"unknown revision {rev!r}: {out.stderr.strip()}")
+        dest = WORK / f"src-{out.stdout.strip()}"
+        if not (dest / "supervisor").is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", rev, "supervisor"],
+                capture_output=True,
+                check=True,
+            )
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        return dest
 
     def header(self) -> str:
         lines = [
@@ -241,7 +266,8 @@ class Ours(Peer):
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("SUPERVISOR_TOKEN", None)
-        env["PYTHONPATH"] = str(REPO)  # `-m supervisor` is this checkout, not supervisord
+        # `-m supervisor` is this checkout (or its export at --ours-rev), not supervisord
+        env["PYTHONPATH"] = str(self.src)
         return env
 
     def prepare(self, label: str, agents: dict[str, str]) -> None:
@@ -450,6 +476,19 @@ class Pm2(Peer):
         if gone:
             procfs.reap(roots)
         return gone
+
+
+class Minimal(Peer):
+    """benchmarks/respawn.py: spawn, wait, respawn; the floor a real supervisor builds on."""
+
+    name = "minimal"
+
+    def write(self, agents: dict[str, str]) -> None:
+        self.args_file = self.dir / "args.txt"
+        self.args_file.write_text("\n".join(agents.values()) + "\n")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-I", "-S", str(BENCH / "respawn.py"), str(self.args_file)]
 
 
 def wait_until(pred: Any, timeout: float, interval: float = 0.001) -> float:

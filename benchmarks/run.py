@@ -78,7 +78,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="rounds per measurement (default 3; quick 1)")
     p.add_argument("--n", help="comma-separated numbers of process agents (default 100,500)")
     p.add_argument("--inproc", type=int, help="in-process agents (default 10000; quick 2000)")
-    p.add_argument("--peers", default="ours,supervisord,pm2", help="which supervisors to run")
+    p.add_argument(
+        "--peers",
+        default="ours,supervisord,pm2,minimal",
+        help="which supervisors to run (minimal: benchmarks/respawn.py, a floor)",
+    )
     p.add_argument("--crashes", type=int, help="crashes per session (default 25; quick 6)")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10; quick 1.5)")
     p.add_argument(
@@ -90,6 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ours-backoff",
         default="0",
         help="backoff.initial for ours ('none' = product default); supervisord restarts at once",
+    )
+    p.add_argument(
+        "--ours-rev",
+        default="",
+        help="run ours from this git revision (e.g. HEAD) instead of the work tree",
     )
     p.add_argument(
         "--pm2-rounds",
@@ -184,9 +193,10 @@ class Bench:
     def setup(self) -> None:
         backoff = None if self.args.ours_backoff == "none" else float(self.args.ours_backoff)
         candidates: dict[str, Callable[[], peers.Peer]] = {
-            "ours": lambda: peers.Ours(self.args.python, backoff),
+            "ours": lambda: peers.Ours(self.args.python, backoff, self.args.ours_rev),
             "supervisord": peers.Supervisord,
             "pm2": peers.Pm2,
+            "minimal": peers.Minimal,
         }
         peers.WORK.mkdir(parents=True, exist_ok=True)
         for name in self.args.peer_names:
@@ -198,7 +208,9 @@ class Bench:
                 peer.setup()
                 if isinstance(peer, peers.Ours):
                     probe_ours(peer)
-                    self.versions[name] = f"commit {machine()['commit']}"
+                    self.versions[name] = (
+                        self.args.ours_rev or f"work tree at {machine()['commit']}"
+                    )
                 elif isinstance(peer, peers.Supervisord | peers.Pm2):
                     self.versions[name] = peer.version()
             except peers.Unavailable as e:
@@ -230,9 +242,11 @@ class Bench:
             k = r % max(1, len(these))
             order = these[k:] + these[:k]
             for n in a.ns:
-                floor = scenarios.floor_spawn_wait(n)
+                # a floor is a best case and noise only adds to it: the best of 3
+                floor = min(scenarios.floor_spawn_wait(n) for _ in range(3))
                 self.record(f"floor@{n}", "floor", floor)
-                self.record(f"floor_spawn@{n}", "floor", scenarios.floor_spawn_sleep(n))
+                spawn = min(scenarios.floor_spawn_sleep(n) for _ in range(3))
+                self.record(f"floor_spawn@{n}", "floor", spawn)
                 round_values: dict[str, dict[str, float]] = {"floor": {"start": floor}}
                 for peer in order:
                     log(f"  {peer.name} N={n} ...")
@@ -344,8 +358,8 @@ class Bench:
         return statistics.median(vs) if vs else None
 
     def table(self, med: dict[str, dict[str, float]]) -> list[list[str]]:
-        names = ["ours", "supervisord", "pm2"]
-        rows = [["metric", *names, "sd/ours", "limit / target"]]
+        names = ["ours", "supervisord", "pm2", "minimal"]
+        rows = [["metric", *names[:3], "minimal / floor", "sd/ours", "target"]]
         for row in ROWS:
             keys = [row.key.format(n) for n in self.args.ns] if "{}" in row.key else [row.key]
             for n, key in zip(self.args.ns if "{}" in row.key else [None], keys, strict=False):
@@ -353,15 +367,14 @@ class Bench:
                 if not by_peer:
                     continue
                 label = row.label.format(n if n is not None else self.args.inproc)
+                by_peer = dict(by_peer)
+                by_peer.setdefault("minimal", by_peer.get("floor"))  # floor rows
                 cells = [_cell(by_peer.get(p), row.unit) for p in names]
-                limit = _cell(by_peer.get("floor"), row.unit) if "floor" in by_peer else ""
-                if key.startswith("start@"):
-                    f = med.get(f"floor@{n}", {}).get("floor")
-                    limit = f"floor {_cell(f, 's')}"
-                if row.target and (n is None or n == max(self.args.ns) or "500" not in row.target):
-                    limit = f"{limit}; {row.target}" if limit else row.target
+                target = row.target
+                if target.startswith("500:") and n != 500:
+                    target = ""
                 r = self.ratio(key)
-                rows.append([label, *cells, f"{r:.1f}x" if r else "", limit])
+                rows.append([label, *cells, f"{r:.1f}x" if r else "", target])
         return rows
 
     def results(self) -> dict[str, Any]:
