@@ -150,6 +150,15 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (libpython, libc) split between their users."""
+    text = _read(f"/proc/{pid}/smaps_rollup") or ""
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 @dataclass(frozen=True)
 class Usage:
     """CPU and wake-ups of a set of processes, summed over all their threads."""

@@ -52,6 +52,7 @@ ROWS = [
     Row("shutdown@{}", "shutdown {} agents", "s", "500: < 0.3 s"),
     Row("rss_mib@{}", "RSS of supervisor, N={}", "MiB", "< supervisord"),
     Row("rss_helpers_mib@{}", "  of which helper processes", "MiB"),
+    Row("pss_mib@{}", "  PSS (shared pages split)", "MiB"),
     Row("idle_cpu_ms@{}", "idle CPU, N={}", "ms/10s", "0"),
     Row("idle_wakeups@{}", "idle wake-ups (vol. ctx switches)", "/10s", "0"),
     Row("reload@{}", "reload 10% of {} -> converged", "s", "500: < 0.5 s"),

@@ -112,8 +112,10 @@ def measure_idle(peer: peers.Peer, seconds: float) -> dict[str, float]:
     scale = 10.0 / seconds
     rss = sum(procfs.rss_kib(p) for p in peer.roots())
     helper_rss = sum(procfs.rss_kib(p) for p in peer.helpers())
+    pss = sum(procfs.pss_kib(p) for p in peer.roots() + peer.helpers())
     return {
         "rss_mib": (rss + helper_rss) / 1024,
+        "pss_mib": pss / 1024,
         "rss_helpers_mib": helper_rss / 1024,
         "helpers": float(len(peer.helpers())),
         "threads": float(u1.threads),
