@@ -405,9 +405,16 @@ class ControlApi:
         self.registry.register(SupervisorCollector(sup, requests))
 
     def routes(self) -> list[BaseRoute]:
+        load: Endpoint = self.load
+        unload: Endpoint = self.unload
+        more: list[BaseRoute] = []
+        if self.sup.cluster is not None:  # loads go to the cluster's shared overlay
+            from supervisor.cluster.api import cluster_handlers
+
+            load, unload, more = cluster_handlers(self.sup, self.sup.cluster, self.guard)
         return [
-            _route("/agents", GET=self.list_agents, POST=self.load),
-            _route("/agents/{id}", GET=self.get_agent, DELETE=self.unload),
+            _route("/agents", GET=self.list_agents, POST=load),
+            _route("/agents/{id}", GET=self.get_agent, DELETE=unload),
             _route("/agents/{id}/start", POST=partial(self.control, "start")),
             _route("/agents/{id}/stop", POST=partial(self.control, "stop")),
             _route("/agents/{id}/restart", POST=partial(self.control, "restart")),
@@ -416,6 +423,7 @@ class ControlApi:
             _route("/readyz", GET=self.readyz),
             _route("/metrics", GET=self.metrics),
             _route("/openapi.json", GET=self.openapi),
+            *more,
         ]
 
     async def list_agents(self, request: Request) -> Response:

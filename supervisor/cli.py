@@ -56,6 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch=args.watch,
         log_format=args.log_format,
         log_level=args.log_level,
+        cluster=args.cluster,
+        member=args.member,
     )
 
 
@@ -264,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--api", default=None, help='API address: "HOST:PORT", "unix:/path", or "" for none'
     )
     p.add_argument("--watch", action="store_true", help="reload when the manifest's folder changes")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help='share the manifest with other supervisors: "etcd://HOST:PORT[,HOST:PORT...]"',
+    )
+    p.add_argument(
+        "--member", default=None, help="this supervisor's name in the cluster (default: host name)"
+    )
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -60,6 +60,9 @@ FOLDER_FILES = ("agent.toml", "agent.json")
 FOLDER_ENTRY = "agent:main"  # the entry of a folder that holds only an agent.py
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 ENTRY_PATTERN = rf"^{_NAME}(\.{_NAME})*:{_NAME}(\.{_NAME})*$"  # "pkg.mod:func" or "mod:obj.attr"
+# [supervisor] cluster and member; "" means "alone" and "the host name".
+CLUSTER_PATTERN = r"^(etcd://[^/,\s]+(,[^/,\s]+)*(/[A-Za-z0-9_.-]+)?/?)?$"
+MEMBER_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,252})?$"
 
 T = TypeVar("T")
 A = TypeVar("A", bound=AttrsInstance)
@@ -154,6 +157,30 @@ class Settings:
     include: tuple[str, ...] = attrs.field(
         default=(),
         metadata=_doc("globs relative to this file; included files hold [agents.*] tables only"),
+    )
+    cluster: str = attrs.field(
+        default="",
+        metadata=_doc(
+            'share this manifest with other supervisors through etcd: "etcd://HOST:PORT'
+            '[,HOST:PORT...][/NAMESPACE]"; "" runs alone; --cluster overrides it',
+            pattern=CLUSTER_PATTERN,
+        ),
+    )
+    member: str = attrs.field(
+        default="",
+        metadata=_doc(
+            'this supervisor\'s name in the cluster, unique there; "" is the host name;'
+            " --member overrides it",
+            pattern=MEMBER_PATTERN,
+        ),
+    )
+    lease_ttl: float = attrs.field(
+        default=10.0,
+        metadata=_doc(
+            "seconds a member that lost etcd keeps its agents' ownership; its agents stop"
+            " within half of it, and others take them over after it",
+            minimum=1,
+        ),
     )
 
 
@@ -663,6 +690,20 @@ def _settings(table: dict[str, Any], label: str, base: Path, problems: _Problems
             label,
             "supervisor.api",
             f'must be "HOST:PORT", "unix:/path/to.sock" or "" (no API), not {_show(settings.api)}',
+        )
+    if not re.match(CLUSTER_PATTERN, settings.cluster):
+        problems.add(
+            label,
+            "supervisor.cluster",
+            'must be "etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]" or "" (runs alone), '
+            f"not {_show(settings.cluster)}",
+        )
+    if not re.match(MEMBER_PATTERN, settings.member):
+        problems.add(
+            label,
+            "supervisor.member",
+            "must be 1 to 253 letters, digits, '_', '.' or '-', starting with a letter or a "
+            f'digit (or "" for the host name), not {_show(settings.member)}',
         )
     return attrs.evolve(
         settings,

@@ -6,17 +6,22 @@ import os
 import resource
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from supervisor import logs
 from supervisor import manifest as mf
 from supervisor.api import ApiConfigError, serve_api
+from supervisor.cluster import Joining, joining
 from supervisor.keeper import Keeper
 from supervisor.logs import log
 from supervisor.signals import handle_signals, is_pid1
 from supervisor.supervisor import Supervisor, make_runner
 from supervisor.watch import watch_manifest
+
+if TYPE_CHECKING:
+    from supervisor.cluster.member import ClusterMember
 
 EXIT_OK, EXIT_INVALID, EXIT_CRITICAL = 0, 2, 3
 
@@ -28,8 +33,13 @@ def run_main(
     watch: bool = False,
     log_format: logs.LogFormat = "text",
     log_level: str = "INFO",
+    cluster: str | None = None,
+    member: str | None = None,
 ) -> int:
-    """Run the supervisor in the foreground until it is stopped; return the exit code."""
+    """Run the supervisor in the foreground until it is stopped; return the exit code.
+
+    `cluster` and `member` override the manifest's (``--cluster``, ``--member``).
+    """
     logs.setup(log_format, log_level)
     try:
         try:
@@ -42,7 +52,12 @@ def run_main(
         _raise_fd_limit()
         address = m.settings.api if api is None else api
         try:
-            return trio.run(_main, m, address, watch)
+            join = joining(m.settings, cluster, member)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            return trio.run(_main, m, address, watch, join)
         except BaseExceptionGroup as group:
             refused, rest = group.split(ApiConfigError)
             if refused is None or rest is not None:
@@ -55,10 +70,11 @@ def run_main(
         logs.shutdown()
 
 
-async def _main(m: mf.Manifest, address: str, watch: bool) -> int:
+async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None) -> int:
     # As PID 1 the kernel kills the whole PID namespace when we die: no keeper needed.
     keeper = None if is_pid1() else Keeper.start()
-    sup = Supervisor(m, make_runner(keeper))
+    cluster = None if join is None else _member(join)
+    sup = Supervisor(m, make_runner(keeper), cluster)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(
@@ -70,6 +86,8 @@ async def _main(m: mf.Manifest, address: str, watch: bool) -> int:
             )
             if address:
                 await nursery.start(serve_api, sup, address)
+            if cluster is not None:  # cancelled after sup.run(): agents stop, then it leaves
+                await nursery.start(cluster.run, sup.request_reconcile, sup.fence)
             if watch:
                 await nursery.start(
                     watch_manifest,
@@ -87,6 +105,12 @@ async def _main(m: mf.Manifest, address: str, watch: bool) -> int:
         print(sup.exit_message, flush=True)
     log.info("stopped (exit %d)", code)
     return code
+
+
+def _member(join: Joining) -> ClusterMember:
+    from supervisor.cluster.member import ClusterMember  # an HTTP client: only when needed
+
+    return ClusterMember.connect(join)
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[BaseException]:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import tomli_w
@@ -27,9 +27,12 @@ import trio
 from supervisor import manifest as mf
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
-from supervisor.plan import plan, stop_waves
+from supervisor.plan import Plan, plan, stop_waves
 from supervisor.runners import Hooks, Outcome, Runner
 from supervisor.slot import Slot
+
+if TYPE_CHECKING:
+    from supervisor.cluster.member import ClusterMember
 
 TERMINATION_LOG = Path("/dev/termination-log")
 # Manifests larger than this are read in a worker thread: parsing 10,000 agents takes
@@ -106,10 +109,16 @@ class Supervisor:
     Args:
       manifest: the validated manifest it starts with.
       runner: runs one agent once; `make_runner()` unless testing a fake kind.
+      cluster: this supervisor's cluster membership, if it shares the manifest with
+        others: then it runs only the agents placed on it, each while it holds the
+        agent's ownership key (see `supervisor.cluster`).
     """
 
-    def __init__(self, manifest: Manifest, runner: Runner | None = None) -> None:
+    def __init__(
+        self, manifest: Manifest, runner: Runner | None = None, cluster: ClusterMember | None = None
+    ) -> None:
         self.manifest = manifest
+        self.cluster = cluster
         self.slots: dict[str, Slot] = {}
         self.overlay: dict[str, dict[str, Any]] = {}  # API agents: their tables, as sent
         self.exit_code = 0
@@ -121,6 +130,7 @@ class Supervisor:
         self._runner = runner or make_runner()
         self._send, self._recv = trio.open_memory_channel[tuple[_Op, _Reply]](math.inf)
         self._reload_replies: list[_Reply] | None = None
+        self._reconcile_queued = False
         self._shutting_down = False
         self._nursery: trio.Nursery | None = None
 
@@ -130,9 +140,10 @@ class Supervisor:
         """Start the manifest's agents, serve requests until shutdown; return the exit code."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._load_state_file()
-            desired, sources = self._desired(self.manifest)
-            self._apply_starts(plan({}, desired).start, desired, sources)
+            if self.cluster is None:  # a member starts agents once it has joined
+                self._load_state_file()
+                desired, sources = self._desired(self.manifest)
+                self._apply_starts(plan({}, desired).start, desired, sources)
             task_status.started()
             async for op, reply in self._recv:
                 try:
@@ -213,14 +224,7 @@ class Supervisor:
                 reply.fail(exc)
             return
         self.manifest = new
-        live = {i: s.spec for i, s in self.slots.items()}
-        p = plan(live, desired)
-        await self._stop_slots(p.stop + p.restart)
-        for agent_id in p.stop:
-            del self.slots[agent_id]
-        for agent_id in p.unchanged:
-            self.slots[agent_id].source = sources[agent_id]
-        self._apply_starts(p.start + p.restart, desired, sources)
+        p = await self._converge(desired, sources)
         self.reloads_ok += 1
         self.last_reload = time.time()
         result = ReloadResult(
@@ -236,6 +240,78 @@ class Supervisor:
         for reply in replies:
             reply.set(result)
 
+    async def _converge(self, desired: dict[str, AgentSpec], sources: Mapping[str, Source]) -> Plan:
+        """Apply `plan(live, desired)`; return the plan as applied.
+
+        In a cluster, only over the agents placed on this member, and around the
+        ownership keys: stop, then release; claim, then start (see `_claim_and_release`).
+        """
+        if self.cluster is not None:
+            desired = self.cluster.mine(desired)
+        live = {i: s.spec for i, s in self.slots.items()}
+        p = plan(live, desired)
+        await self._stop_slots(p.stop + p.restart)
+        for agent_id in p.stop:
+            del self.slots[agent_id]
+        for agent_id in p.unchanged:
+            self.slots[agent_id].source = sources[agent_id]
+        if self.cluster is not None:
+            p = await self._claim_and_release(p)
+        self._apply_starts(p.start + p.restart, desired, sources)
+        return p
+
+    async def _claim_and_release(self, p: Plan) -> Plan:
+        """Release the keys of the agents `p` stopped; claim those of the agents it starts.
+
+        Returns `p` keeping only the starts and restarts whose keys are held. The check
+        is sync and the caller starts them with no await in between, so the cluster
+        losing its lease (which empties `held` at once) can never let one start.
+        """
+        assert self.cluster is not None
+        self.cluster.release(p.stop)
+        await self.cluster.claim(p.start)
+        held = self.cluster.holds
+        return attrs.evolve(
+            p,
+            start=tuple(i for i in p.start if held(i)),
+            restart=tuple(i for i in p.restart if held(i)),
+        )
+
+    def request_reconcile(self) -> None:
+        """Converge again to the manifest already loaded (no file read): the cluster's
+        members or shared overlay changed. Sync; coalesced with any queued reconcile
+        or reload (which converges with the cluster as it then is)."""
+        if self._shutting_down or self._reconcile_queued or self._reload_replies is not None:
+            return
+        self._reconcile_queued = True
+        self._send.send_nowait((self._do_reconcile, _Reply()))
+
+    async def _do_reconcile(self) -> None:
+        self._reconcile_queued = False
+        desired, sources = self._desired(self.manifest)
+        await self._converge(desired, sources)
+
+    async def fence(self, deadline: float) -> None:
+        """Stop every agent by `deadline` (trio time), SIGKILLing what is left then.
+
+        For a cluster member that lost its lease: once it may have expired, others start
+        these agents. Called by the member's task, not through the owner's queue, since
+        it must not wait behind a request in progress; it only stops slots (idempotent)
+        and kills their groups. The cluster no longer holds any key, so the owner starts
+        nothing meanwhile, and drops the stopped slots on the reconcile asked for last.
+        """
+        slots = list(self.slots.values())
+        for slot in slots:
+            slot.stop()
+        with trio.move_on_at(deadline):
+            for slot in slots:
+                await slot.wait_stopped()
+        self.kill_all()
+        for slot in slots:
+            await slot.wait_stopped()
+        log.info("cluster: %d agents stopped", len(slots))
+        self.request_reconcile()
+
     async def _read_manifest(self) -> Manifest:
         """Load the manifest file; a big one in a worker thread, to keep the loop free."""
         path = self.manifest.path
@@ -249,6 +325,11 @@ class Supervisor:
 
     def _desired(self, m: Manifest) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
         """The manifest's agents plus the API overlay's (the manifest wins an id)."""
+        if self.cluster is not None:  # the overlay is the cluster's, shared in etcd
+            known = {**m.agents, **self.cluster.overlay}
+            return self.cluster.desired(
+                m.agents, lambda agent_id, table: self._spec_from_table(agent_id, table, known)
+            )
         desired = dict(m.agents)
         sources: dict[str, Source] = dict.fromkeys(desired, "manifest")
         errors: list[str] = []
@@ -422,6 +503,8 @@ class Supervisor:
 
     async def _do_start(self, agent_id: str) -> Slot:
         slot = self._get(agent_id)
+        if self.cluster is not None and not self.cluster.holds(agent_id):
+            raise Conflict(f"agent {agent_id!r}: this member lost its cluster lease; retry later")
         if not slot.active:
             assert self._nursery is not None
             slot.launch(self._nursery)

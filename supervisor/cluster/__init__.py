@@ -6,18 +6,19 @@
 - `member`: one supervisor's membership: its lease kept alive, its view of the cluster,
   the claims and releases its owner task asks for, and fencing when the lease is lost.
 
-This module holds only what the manifest needs to validate a ``cluster`` address, so
-that loading a manifest does not import an HTTP client.
+This module itself is light (no HTTP client): it parses a ``cluster`` address and
+names the errors of the coordination store.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 
 import attrs
 
-CLUSTER_PATTERN = r"^etcd://[^/,\s]+(,[^/,\s]+)*(/[A-Za-z0-9_.-]+)?/?$"
-MEMBER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+from supervisor.manifest import CLUSTER_PATTERN, MEMBER_PATTERN, Settings
+
 DEFAULT_NAMESPACE = "supervisor"
 
 
@@ -49,10 +50,38 @@ def parse_cluster_address(address: str) -> ClusterAddress:
     Raises:
       ValueError: `address` is not of that form.
     """
-    if not re.match(CLUSTER_PATTERN, address):
+    if not address or not re.match(CLUSTER_PATTERN, address):
         raise ValueError(
             f"cluster address {address!r}: expected etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]"
         )
     hosts, _, namespace = address[len("etcd://") :].partition("/")
     endpoints = tuple(f"http://{host}" for host in hosts.split(","))
     return ClusterAddress(endpoints, namespace.strip("/") or DEFAULT_NAMESPACE)
+
+
+@attrs.frozen
+class Joining:
+    """How this supervisor joins its cluster: where, under which name, with which ttl."""
+
+    address: ClusterAddress
+    member: str
+    lease_ttl: float
+
+
+def joining(settings: Settings, cluster: str | None, member: str | None) -> Joining | None:
+    """The cluster to join, from `[supervisor]` and the ``--cluster`` / ``--member``
+    overrides (None: not given); None when running alone.
+
+    Raises:
+      ValueError: the address or the member name is invalid (the message says which).
+    """
+    address = settings.cluster if cluster is None else cluster
+    if not address:
+        return None
+    name = (settings.member if member is None else member) or socket.gethostname()
+    if not re.match(MEMBER_PATTERN, name):
+        raise ValueError(
+            f"member name {name!r}: use 1 to 253 letters, digits, '_', '.' or '-', "
+            "starting with a letter or a digit"
+        )
+    return Joining(parse_cluster_address(address), name, settings.lease_ttl)
