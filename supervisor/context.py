@@ -40,12 +40,28 @@ class AgentContext:
     ) -> None:
         self.id = agent_id
         self.params = params
-        self.log: AgentLog = agent_log(agent_id)
-        self.stopping = trio.Event()
         self.stop_timeout = stop_timeout
+        # `log` and `stopping` are made on first use: most agents of a large fleet never
+        # touch one or the other, and each costs a few hundred bytes per agent.
+        self._log: AgentLog | None = None
+        self._stopping: trio.Event | None = None
         self._hooks = hooks
         self._ready_reported = False
         self._stop_requested_at: float | None = None
+
+    @property
+    def log(self) -> AgentLog:
+        if self._log is None:
+            self._log = agent_log(self.id)
+        return self._log
+
+    @property
+    def stopping(self) -> trio.Event:
+        if self._stopping is None:
+            self._stopping = trio.Event()
+            if self._stop_requested_at is not None:
+                self._stopping.set()
+        return self._stopping
 
     def ready(self) -> None:
         """Say the agent is ready (only needed with ``ready = "notify"``).
@@ -98,4 +114,5 @@ class AgentContext:
         """Note the stop's time (the start of `cleanup()`'s grace) and set `stopping`."""
         if self._stop_requested_at is None:
             self._stop_requested_at = trio.current_time()
-            self.stopping.set()
+            if self._stopping is not None:
+                self._stopping.set()

@@ -13,7 +13,7 @@ readers wait for a change at O(1) cost and nothing polls.
 
 from __future__ import annotations
 
-import collections
+import math
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -88,18 +88,22 @@ class Slot:
         self.restarts = 0
         self.since = trio.current_time()
         self.started_at: float | None = None
-        self.exits: collections.deque[ExitRecord] = collections.deque(maxlen=HISTORY)
+        self.exits: list[ExitRecord] = []  # the last HISTORY exits, oldest first
         self.status_text = ""  # the agent's own one-line status (STATUS=, ctx.status)
         self.reason = "not started" if spec.enabled else "disabled"
-        self.changed = trio.Event()
+        self._changed: trio.Event | None = None  # made on demand: most slots have no reader
         self.attempts_ended = 0
+        self.readied = 0  # attempts that became ready
         self._runner = runner
         self._wait_after = wait_after
         self._on_change = on_change
         self._scope: trio.CancelScope | None = None
-        self._done = trio.Event()
-        self._done.set()
-        self._ready: trio.Event | None = None  # set by ready() during an attempt
+        self._done: trio.Event | None = None  # while the life task runs
+        # During an attempt: its start timer (a deadline scope around the runner), and
+        # whether the agent said it is ready.
+        self._timer: trio.CancelScope | None = None
+        self._is_ready = False
+        self._stop_callback: Callable[[], None] | None = None
 
     # -- the owner's side -------------------------------------------------------------
 
@@ -113,7 +117,14 @@ class Slot:
     @property
     def active(self) -> bool:
         """Whether the life task is running (from `launch` until it has returned)."""
-        return not self._done.is_set()
+        return self._done is not None
+
+    @property
+    def changed(self) -> trio.Event:
+        """An event set at the slot's next change of state, pid, status or history."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        return self._changed
 
     def launch(self, nursery: trio.Nursery) -> None:
         """Start the life task in `nursery`. The slot must not be active."""
@@ -127,11 +138,16 @@ class Slot:
         """Request a stop; `wait_stopped()` returns once the agent is gone. Idempotent."""
         if self.active and self._scope is not None and not self._scope.cancel_called:
             self._set("stopping", "stop requested")
+            if self._stop_callback is not None:
+                self._stop_callback()  # the runner's first word of the stop
             self._scope.cancel()
 
     async def wait_stopped(self) -> None:
         """Wait until the life task has returned (stopped, exited or failed)."""
-        await self._done.wait()
+        if self._done is not None:
+            await self._done.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def wait_started(self) -> str | None:
         """Wait for the current start to settle: None once running (or exited ok).
@@ -139,9 +155,10 @@ class Slot:
         Returns the reason when the start failed instead: the attempt ended before the
         agent was ready, or the slot ended failed or stopped.
         """
-        ended = self.attempts_ended
+        readied, ended = self.readied, self.attempts_ended
         while True:
-            if self.up:
+            # Once ready, the start succeeded, even if the run ended a moment later.
+            if self.up or self.readied > readied:
                 return None
             if self.attempts_ended > ended and self.exits:
                 return self.describe_exit(self.exits[-1])
@@ -172,14 +189,19 @@ class Slot:
         self._notify()
 
     def ready(self) -> None:
-        if self._ready is not None and not self._ready.is_set():
-            self._ready.set()
+        if self._timer is not None and not self._is_ready:
+            self._is_ready = True
+            self.readied += 1
+            self._timer.deadline = math.inf  # ready: the start timer is off
             self.started_at = trio.current_time()
             self._set("running", "")
 
     def status(self, text: str) -> None:
         self.status_text = text
         self._notify()
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self._stop_callback = callback
 
     # -- the life task ----------------------------------------------------------------
 
@@ -190,9 +212,11 @@ class Slot:
                 await self._life()
         finally:
             self.pid = None
+            done, self._done = self._done, None
             if self.state in ACTIVE:
                 self._set("stopped", "stopped on request")
-            self._done.set()
+            assert done is not None
+            done.set()
             self._notify()
 
     async def _life(self) -> None:
@@ -211,6 +235,7 @@ class Slot:
             self.exits.append(
                 ExitRecord(at=now, code=outcome.code, signal=outcome.signal, error=outcome.error)
             )
+            del self.exits[:-HISTORY]
             self.attempts_ended += 1
             decision = policy.decide(outcome, ran_for=ran_for, now=now)
             if isinstance(decision, Restart):
@@ -222,29 +247,25 @@ class Slot:
                 return
 
     async def _attempt(self) -> tuple[Outcome, float]:
-        """Run the agent once; return how it ended and how long it ran ready."""
-        self._ready = trio.Event()
+        """Run the agent once; return how it ended and how long it ran ready.
+
+        The start timer is a deadline on the scope around the runner, lifted by
+        `ready()`: no extra task per agent. If it fires, the cancellation stops the agent
+        like any stop (bounded by stop_timeout) and the start counts as failed.
+        """
+        self._is_ready = False
         self.started_at = None
         outcome: Outcome | None = None
-        timed_out = False
-        async with trio.open_nursery() as nursery:
-
-            async def run_agent() -> None:
-                nonlocal outcome
+        with trio.CancelScope(deadline=trio.current_time() + self.spec.start_timeout) as timer:
+            self._timer = timer
+            try:
                 outcome = await self._runner(self.spec, self)
-                nursery.cancel_scope.cancel()  # the agent ended: stop the start timer
-
-            nursery.start_soon(run_agent)
-            with trio.move_on_after(self.spec.start_timeout):
-                await self._ready.wait()
-            if not self._ready.is_set():
-                # Not ready in time: cancelling stops the agent (bounded by stop_timeout).
-                timed_out = True
-                nursery.cancel_scope.cancel()
-        self._ready = None
+            finally:
+                self._timer = None
+                self._stop_callback = None
         self.pid = None
         ran_for = 0.0 if self.started_at is None else trio.current_time() - self.started_at
-        if timed_out or outcome is None:
+        if timer.cancelled_caught or outcome is None:
             timeout = self.spec.start_timeout
             return Outcome(error=f"start timeout: not ready within {timeout:g}s"), ran_for
         return outcome, ran_for
@@ -274,7 +295,8 @@ class Slot:
         self._notify()
 
     def _notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
         if self._on_change is not None:
             self._on_change(self)

@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,10 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[str] = []
         self._changed = trio.Event()
+        self.request_stop: Callable[[], None] = lambda: None
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        self.request_stop = callback
 
     def launched(self, pid: int | None) -> None:
         self._add(f"launched {pid}")
@@ -82,6 +86,7 @@ async def run_and_stop(spec: AgentSpec, hooks: Recorder, when: str, then: float 
         await hooks.wait_for(when)
         await trio.sleep(then)
         stopped_at = trio.current_time()
+        hooks.request_stop()  # as the slot does: the runner's callback, then the cancel
         scope.cancel()
 
     async with trio.open_nursery() as nursery:
@@ -311,7 +316,7 @@ async def test_a_stop_while_starting_runs_finally_once(
     assert hooks.events == ["launched None", "connecting", "finally, stopping=True"]
 
 
-async def test_a_stop_before_the_first_checkpoint_still_runs_finally(
+async def test_a_stop_before_the_start_never_starts_the_agent(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     hooks = Recorder()
@@ -319,7 +324,18 @@ async def test_a_stop_before_the_first_checkpoint_still_runs_finally(
         scope.cancel()
         await run_inprocess(agent("starts_at_once"), hooks)
     assert scope.cancelled_caught
-    assert hooks.events[-2:] == ["started", "finally, stopping=True"]
+    assert hooks.events == []
+
+
+async def test_a_cancel_that_is_no_stop_still_runs_finally(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A start timeout cancels without a stop request: cleanup runs all the same."""
+    hooks = Recorder()
+    with trio.fail_after(5), trio.move_on_after(1) as scope:
+        await run_inprocess(agent("starts_slowly", ready="notify"), hooks)
+    assert scope.cancelled_caught
+    assert hooks.events == ["launched None", "connecting", "finally, stopping=False"]
 
 
 async def test_cleanup_that_awaits_gets_its_time(autojump_clock: trio.testing.MockClock) -> None:

@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ class Recorder:
 
     def status(self, text: str) -> None:
         self.statuses.append(text)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        pass  # a process learns of its stop from its stop signal
 
 
 def group_members(pgid: int) -> list[int]:

@@ -9,6 +9,8 @@ The contract every runner keeps (the slot relies on it):
 - It calls ``hooks.launched(pid)`` once the agent is launched (``pid`` is None in-process)
   and ``hooks.ready()`` when it is ready: at once for ``ready = "immediate"``, else when
   the agent says so (``ctx.ready()`` or ``READY=1`` on ``$NOTIFY_SOCKET``).
+- Before a requested stop cancels it, the slot calls the callback the runner registered
+  with ``hooks.on_stop(callback)`` (an in-process agent's ``ctx.stopping`` is set so).
 - Cancelling it stops the agent: for a process, `stop_signal` to its group, up to
   `stop_timeout`, then SIGKILL to the group and reap; in-process, the agent is cancelled
   and its cleanup gets up to `stop_timeout`. That cleanup is shielded and bounded, and
@@ -17,6 +19,7 @@ The contract every runner keeps (the slot relies on it):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -42,6 +45,9 @@ class Hooks(Protocol):
     def ready(self) -> None: ...
 
     def status(self, text: str) -> None: ...
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (sync) when a stop is requested, just before the cancellation."""
 
 
 class Runner(Protocol):

@@ -109,8 +109,11 @@ async def run_inprocess(spec: AgentSpec, hooks: Hooks) -> Outcome:
         agent_log(spec.id).error("%s", exc, exc_info=exc.__cause__)
         await trio.lowlevel.checkpoint()
         return Outcome(start_failed=True, error=str(exc))
+    # Stopped before it started (the stop came during the import): it never starts.
+    await trio.lowlevel.checkpoint_if_cancelled()
     # A copy: the agent may change its params, the spec must stay as the manifest says.
     ctx = AgentContext(spec.id, copy.deepcopy(spec.params), spec.stop_timeout, hooks)
+    hooks.on_stop(ctx._request_stop)
     hooks.launched(None)
     if spec.ready == "immediate":
         ctx.ready()
@@ -118,29 +121,22 @@ async def run_inprocess(spec: AgentSpec, hooks: Hooks) -> Outcome:
 
 
 class _AgentRun:
-    """One start of an agent: the agent, run shielded, and a task that hands it a stop.
+    """One start of an agent, run in the caller's task.
 
-    The agent runs in its own cancel scope, shielded from everything outside, so a
-    cancellation of `run()` reaches only the `_wait_for_stop` task. That task sets
-    ``ctx.stopping`` *first* and only then lifts the shield, which lets the (already
-    cancelled) outer scope reach the agent at its next checkpoint. Code in the agent's
-    ``finally`` therefore always sees ``ctx.stopping`` set when it was stopped, whether
-    the stop came while it ran or while it was still starting.
+    A requested stop reaches the agent in two steps: the slot calls the callback this
+    run registered with ``hooks.on_stop`` (which sets ``ctx.stopping``), then cancels.
+    So code in the agent's ``finally`` sees ``ctx.stopping`` set when it was stopped,
+    whether the stop came while it ran or while it was still starting. No task of our
+    own watches for the stop: at 10,000 agents, a task per agent is memory we keep.
     """
 
     def __init__(self, main: AgentMain, ctx: AgentContext) -> None:
         self._main = main
         self._ctx = ctx
-        self._agent_scope = trio.CancelScope(shield=True)
-        self._finished = False
-        self._stop_requested = False
         self._interrupt: BaseException | None = None
 
     async def run(self) -> Outcome:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._wait_for_stop)
-            outcome = await self._call_agent()
-            nursery.cancel_scope.cancel()
+        outcome = await self._call_agent()
         if self._interrupt is not None:
             raise self._interrupt
         # After a stop the agent got the cancellation and has finished with it, but the
@@ -149,26 +145,11 @@ class _AgentRun:
         await trio.lowlevel.checkpoint_if_cancelled()
         return outcome
 
-    async def _wait_for_stop(self) -> None:
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            # Either the agent finished and run() is closing the nursery, or run() itself
-            # is cancelled: a stop. Not re-raised in either case: a stop's cancellation
-            # belongs to the agent, which raises it in turn, and run() raises it last.
-            if not self._finished:
-                self._stop_requested = True
-                self._ctx._request_stop()
-                self._agent_scope.shield = False
-
     async def _call_agent(self) -> Outcome:
         try:
-            with self._agent_scope:
-                await self._main(self._ctx)
+            await self._main(self._ctx)
         except BaseException as exc:
             return self._outcome_of(exc)
-        finally:
-            self._finished = True
         return Outcome(code=0)
 
     def _outcome_of(self, exc: BaseException) -> Outcome:
@@ -184,7 +165,7 @@ class _AgentRun:
         outcome = _exit_outcome(errors)
         if _lone_exit(errors) is not None:
             return outcome  # not a crash: no traceback to show
-        if self._stop_requested:
+        if self._ctx._stop_requested_at is not None:
             self._ctx.log.warning("raised while stopping: %s", outcome.error, exc_info=errors)
         else:
             self._ctx.log.error("crashed: %s", outcome.error, exc_info=errors)
