@@ -73,6 +73,7 @@ class ClusterMember:
         self.held: set[str] = set()  # keys this member holds in the live session
         self.sessions = 0
         self._waiting: set[str] = set()  # ids whose claim may have lost to another holder
+        self._keys: dict[str, str] = {}  # placement key of each id, as `mine` last saw them
         self._releasing: dict[str, trio.Event] = {}
         self._stale: list[Lease] = []  # leases of lost sessions, revoked once etcd answers
         self._limit = trio.CapacityLimiter(CLAIMS_AT_ONCE)
@@ -94,8 +95,9 @@ class ClusterMember:
         """The agents of `desired` this member should run: none while it has no lease."""
         if self.lease is None:
             return {}
-        owners = self.assignment({i: spec.after for i, spec in desired.items()})
-        return {i: spec for i, spec in desired.items() if owners[i] == self.name}
+        self._keys = placement_keys({i: spec.after for i, spec in desired.items()})
+        owner = self.placement.owner
+        return {i: spec for i, spec in desired.items() if owner(self._keys[i]) == self.name}
 
     def desired(
         self, agents: Mapping[str, AgentSpec], spec: Callable[[str, dict[str, Any]], AgentSpec]
@@ -126,7 +128,8 @@ class ClusterMember:
         """Claim the ownership keys of `ids`; return the ids whose keys this member holds.
 
         A key another member holds is not taken: once it is deleted (released, or its
-        lease ended) the watch asks for a reconcile, which claims again. A claim the store
+        lease ended) the watch asks for a reconcile, which claims again. A key won for an
+        agent that a member joining meanwhile now owns is released again at once. A claim the store
         did not answer is retried by a reconcile a moment later. If the session ends
         meanwhile, nothing counts as claimed (such keys end with that session's lease).
         Cancelling abandons the claims; keys created anyway end with the lease.
@@ -161,10 +164,13 @@ class ClusterMember:
             return set()
         self.held |= won
         self._waiting -= won
+        # Members that joined meanwhile may have taken some: hand those on unstarted.
+        moved = {i for i in won if self.placement.owner(self._keys.get(i, i)) != self.name}
+        self.release(moved)
         if failed:
             log.warning("cluster: %d claims unanswered (%s); retrying", len(failed), failed[0])
             self._reconcile_later()
-        return won
+        return won - moved
 
     def release(self, ids: Iterable[str]) -> None:
         """Give up the keys of `ids`, whose agents have stopped. Sync, never blocks.
