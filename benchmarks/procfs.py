@@ -121,6 +121,7 @@ class AgentWatch:
     def __init__(self, roots: Iterable[int]) -> None:
         self.roots = list(roots)
         self._known: dict[int, str] = {}
+        self.first: float | None = None  # seconds from launch to the first agent, if timed
 
     def scan(self) -> dict[str, int]:
         pids: list[int] = []

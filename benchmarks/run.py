@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -47,6 +48,7 @@ ROWS = [
     Row("floor@{}", "floor: fork+exec+wait `sleep 0` x{}", "s"),
     Row("floor_spawn@{}", "  spawn `sleep` x{}, no wait", "s"),
     Row("start@{}", "start {} agents", "s", "500: >=5x supervisord, <=2x floor"),
+    Row("start_first@{}", "  launch -> first agent running", "s"),
     Row("crash_p50@{}", "crash -> running p50, N={}", "ms", "< 3 ms"),
     Row("crash_max@{}", "crash -> running max, N={}", "ms"),
     Row("shutdown@{}", "shutdown {} agents", "s", "500: < 0.3 s"),
@@ -108,6 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rounds that include pm2 (default 1: its shutdown of 500 takes about a minute)",
     )
     p.add_argument("--out", default=str(peers.BENCH / "results.json"))
+    p.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="only print the table and targets of an earlier run (no measuring)",
+    )
     a = p.parse_args(argv)
     quick = a.quick
     a.rounds = a.rounds or (1 if quick else 3)
@@ -359,23 +366,25 @@ class Bench:
         return statistics.median(vs) if vs else None
 
     def table(self, med: dict[str, dict[str, float]]) -> list[list[str]]:
+        """Per-N rows grouped by N (N=100 block, then N=500), then the in-process rows."""
         names = ["ours", "supervisord", "pm2", "minimal"]
         rows = [["metric", *names[:3], "minimal / floor", "sd/ours", "target"]]
-        for row in ROWS:
-            keys = [row.key.format(n) for n in self.args.ns] if "{}" in row.key else [row.key]
-            for n, key in zip(self.args.ns if "{}" in row.key else [None], keys, strict=False):
-                by_peer = med.get(key)
-                if not by_peer:
-                    continue
-                label = row.label.format(n if n is not None else self.args.inproc)
-                by_peer = dict(by_peer)
-                by_peer.setdefault("minimal", by_peer.get("floor"))  # floor rows
-                cells = [_cell(by_peer.get(p), row.unit) for p in names]
-                target = row.target
-                if target.startswith("500:") and n != 500:
-                    target = ""
-                r = self.ratio(key)
-                rows.append([label, *cells, f"{r:.1f}x" if r else "", target])
+        per_n = [r for r in ROWS if "{}" in r.key]
+        plain = [r for r in ROWS if "{}" not in r.key]
+        plan = [(r, n) for n in self.args.ns for r in per_n] + [(r, None) for r in plain]
+        for row, n in plan:
+            key = row.key.format(n)
+            by_peer = dict(med.get(key) or {})
+            if not by_peer:
+                continue
+            label = row.label.format(n if n is not None else self.args.inproc)
+            by_peer.setdefault("minimal", by_peer.get("floor", math.nan))  # floor rows
+            cells = [_cell(by_peer.get(p), row.unit) for p in names]
+            target = row.target
+            if target.startswith("500:") and n != 500:
+                target = ""
+            r = self.ratio(key)
+            rows.append([label, *cells, f"{r:.1f}x" if r else "", target])
         return rows
 
     def results(self) -> dict[str, Any]:
@@ -395,9 +404,9 @@ class Bench:
                 **{k: v for k, v in asdict(self.cfg).items() if k not in ("crashes",)},
             },
             "medians": med,
-            "ratios_supervisord_over_ours": {
-                k: statistics.median(v) for k, v in self.ratios.items()
-            },
+            "ratios": {k: statistics.median(v) for k, v in self.ratios.items()},
+            "ratios_per_round": dict(self.ratios),
+            "ratios_meaning": "METRIC@N: supervisord / ours; start_over_floor@N: ours / floor",
             "samples": {k: dict(v) for k, v in self.samples.items()},
             "targets": self.targets(med),
             "table": self.table(med),
@@ -426,7 +435,7 @@ def _ge(v: float | None, limit: float) -> bool | None:
 
 
 def _cell(v: float | None, unit: str) -> str:
-    if v is None:
+    if v is None or math.isnan(v):
         return ""
     v = v * SCALE[unit]
     if unit == "count":
@@ -451,8 +460,41 @@ def render(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def report(res: dict[str, Any]) -> None:
+    print(render(res["table"]))
+    print()
+    for t in res["targets"]:
+        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        print(f"  [{mark:>6}] {t['target']}: {t['measured']}")
+    for note in res["notes"]:
+        print(f"  note: {note}")
+    for peer, errs in res["errors"].items():
+        for err in errs:
+            print(f"  error: {peer}: {err}")
+
+
+def rerender(args: argparse.Namespace) -> int:
+    """Rebuild table and targets from the samples of an earlier results file."""
+    res = json.loads(Path(args.render).read_text())
+    cfg = res["config"]
+    args.ns, args.inproc = cfg["n"], cfg["inproc"]
+    bench = Bench(args)
+    for key, by_peer in res["samples"].items():
+        for peer, values in by_peer.items():
+            bench.samples[key][peer] = values
+    for key, values in res.get("ratios_per_round", {}).items():
+        bench.ratios[key] = values
+    med = bench.medians()
+    res["table"], res["targets"] = bench.table(med), bench.targets(med)
+    print(f"{res['command']}  ({res['when']}, commit {res['machine'].get('commit', '?')})\n")
+    report(res)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return rerender(args)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -481,16 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     res = bench.results()
     res["duration_s"] = round(time.perf_counter() - started, 1)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(render(res["table"]))
-    print()
-    for t in res["targets"]:
-        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-        print(f"  [{mark:>6}] {t['target']}: {t['measured']}")
-    for note in res["notes"]:
-        print(f"  note: {note}")
-    for peer, errs in res["errors"].items():
-        for err in errs:
-            print(f"  error: {peer}: {err}")
+    report(res)
     print(f"\nwrote {args.out} in {res['duration_s']} s")
     return 0
 

@@ -89,9 +89,12 @@ def measure_start(peer: peers.Peer, n: int, cfg: Config) -> tuple[float, procfs.
     roots = wait_roots(peer, cfg.start_timeout)
     watch = procfs.AgentWatch(roots)
     deadline = t0 + cfg.start_timeout
+    watch.first = None
     while True:
         found = watch.scan()
         now = time.perf_counter()
+        if found and watch.first is None:
+            watch.first = now - t0
         if len(found) >= n:
             return now - t0, watch
         why = peer.failed()
@@ -225,6 +228,8 @@ def process_session(
         if started is None:
             return s
         s.values["start"], watch = started
+        if watch.first is not None:
+            s.values["start_first"] = watch.first
         time.sleep(cfg.settle)
         if idle:
             step("idle", lambda: s.values.update(measure_idle(peer, cfg.idle_seconds)))
