@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from supervisor.cluster.member import ClusterMember
 
 TERMINATION_LOG = Path("/dev/termination-log")
+START_GROUP = 16  # a cluster member starts agents this many at a time (see _start_held)
 # Manifests larger than this are read in a worker thread: parsing 10,000 agents takes
 # ~100 ms that the loop should not be blocked for; small ones are not worth the hop.
 BIG_MANIFEST = 256 * 1024
@@ -255,17 +256,18 @@ class Supervisor:
             del self.slots[agent_id]
         for agent_id in p.unchanged:
             self.slots[agent_id].source = sources[agent_id]
-        if self.cluster is not None:
-            p = await self._claim_and_release(p)
-        self._apply_starts(p.start + p.restart, desired, sources)
+        if self.cluster is None:
+            self._apply_starts(p.start + p.restart, desired, sources)
+            return p
+        p = await self._claim_and_release(p)
+        await self._start_held(p.start + p.restart, desired, sources)
         return p
 
     async def _claim_and_release(self, p: Plan) -> Plan:
         """Release the keys of the agents `p` stopped; claim those of the agents it starts.
 
-        Returns `p` keeping only the starts and restarts whose keys are held. The check
-        is sync and the caller starts them with no await in between, so the cluster
-        losing its lease (which empties `held` at once) can never let one start.
+        Returns `p` keeping only the starts and restarts whose keys are held (the
+        caller checks again right before each start).
         """
         assert self.cluster is not None
         self.cluster.release(p.stop)
@@ -276,6 +278,22 @@ class Supervisor:
             start=tuple(i for i in p.start if held(i)),
             restart=tuple(i for i in p.restart if held(i)),
         )
+
+    async def _start_held(
+        self, ids: tuple[str, ...], desired: Mapping[str, AgentSpec], sources: Mapping[str, Source]
+    ) -> None:
+        """Start the agents of `ids` whose ownership keys are held, a group at a time.
+
+        Each group is checked against `cluster.holds` with no await before it starts, so
+        a lease lost meanwhile (which empties `held` at once) starts nothing more. The
+        checkpoint between groups keeps the loop, and with it the lease's refreshes,
+        responsive: a few hundred spawns in one go stall it for about a millisecond each.
+        """
+        assert self.cluster is not None
+        for first in range(0, len(ids), START_GROUP):
+            group = ids[first : first + START_GROUP]
+            self._apply_starts(tuple(filter(self.cluster.holds, group)), desired, sources)
+            await trio.lowlevel.checkpoint()
 
     def request_reconcile(self) -> None:
         """Converge again to the manifest already loaded (no file read): the cluster's

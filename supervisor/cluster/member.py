@@ -293,16 +293,18 @@ class ClusterMember:
         self._releasing.clear()
 
     async def _keep_alive(self, lease: Lease, sent: float) -> float:
-        """Refresh `lease` every ttl/3 until it is lost; return when to have stopped by.
+        """Refresh `lease` every ttl/6 until it is lost; return when to have stopped by.
 
         etcd counts a refresh from when it gets it, after we sent it, so `sent + ttl` is
         a time the lease lives to at least. Failed refreshes are retried; once less than
         half the ttl may be left, the lease counts as lost, and the rest of that half,
-        minus a margin for killing, is the agents' time to stop.
+        minus a margin for killing, is the agents' time to stop. Refreshing at ttl/6
+        (etcd's own clients use ttl/3) leaves a slow answer (a busy loop, a busy etcd)
+        two tries and a third of the ttl before that point.
         """
         expires = sent + lease.ttl
         margin = lease.ttl / 10
-        interval, retry = lease.ttl / 3, lease.ttl / 20
+        interval, retry = lease.ttl / 6, lease.ttl / 20
         due = sent + interval
         failing = ""
         while True:
