@@ -1,0 +1,290 @@
+"""A member's timeline, under trio's MockClock, against an in-memory coordinator that a
+test can make slow or forgetful: when a lost lease stops the agents, what a lost lease
+lets start, how claims wait for releases and for other members' keys."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from supervisor.cluster import Unavailable
+from supervisor.cluster.coordinator import Batch, Change, Holder, Lease, Snapshot
+from supervisor.cluster.member import ClusterMember
+from supervisor.cluster.rendezvous import owner
+
+from .conftest import make_spec
+
+TTL = 6.0
+
+
+class MemoryCoordinator:
+    """The `Coordinator` over dicts. `cut()` makes every call wait until `resume()` (etcd
+    cut off); `forget(lease)` ends a lease as etcd would once it expired."""
+
+    def __init__(self) -> None:
+        self.leases: set[int] = set()
+        self.revoked: list[int] = []
+        self.members: dict[str, dict[str, Any]] = {}
+        self.owners: dict[str, Holder] = {}
+        self.overlay: dict[str, dict[str, Any]] = {}
+        self.revision = 0
+        self._open = trio.Event()
+        self._open.set()
+        self.calls: list[str] = []
+        self._watchers: list[trio.MemorySendChannel[Batch]] = []
+        self._next = 100
+
+    async def _call(self, name: str) -> None:
+        self.calls.append(name)
+        await trio.lowlevel.checkpoint()
+        await self._open.wait()  # cut off: no answer, as through a paused proxy
+
+    def _publish(self, *changes: Change) -> None:
+        self.revision += 1
+        for send in self._watchers:
+            send.send_nowait(Batch(self.revision, changes))
+
+    def cut(self) -> None:
+        self._open = trio.Event()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def forget(self, lease: int) -> None:
+        self.leases.discard(lease)
+        gone = [Change("owners", i, None) for i, h in self.owners.items() if h.lease == lease]
+        gone += [Change("members", m, None) for m, v in self.members.items() if v["lease"] == lease]
+        self.owners = {i: h for i, h in self.owners.items() if h.lease != lease}
+        self.members = {m: v for m, v in self.members.items() if v["lease"] != lease}
+        self._publish(*gone)
+
+    async def grant(self, ttl: float) -> Lease:
+        await self._call("grant")
+        self._next += 1
+        self.leases.add(self._next)
+        return Lease(self._next, ttl)
+
+    async def keepalive(self, lease: Lease) -> float:
+        await self._call("keepalive")
+        return lease.ttl if lease.id in self.leases else 0.0
+
+    async def revoke(self, lease: Lease) -> None:
+        await self._call("revoke")
+        self.revoked.append(lease.id)
+        self.forget(lease.id)
+
+    async def register(self, member: str, lease: Lease) -> Holder | None:
+        await self._call("register")
+        self.members[member] = {"member": member, "lease": lease.id}
+        self._publish(Change("members", member, self.members[member]))
+        return None
+
+    async def claim(self, agent_id: str, member: str, lease: Lease) -> Holder | None:
+        await self._call("claim")
+        if agent_id not in self.owners:
+            self.owners[agent_id] = Holder(member, lease.id)
+            self._publish(Change("owners", agent_id, self.owners[agent_id]))
+        holder = self.owners[agent_id]
+        return None if holder == Holder(member, lease.id) else holder
+
+    async def release(self, agent_id: str, lease: Lease) -> None:
+        await self._call("release")
+        if agent_id in self.owners and self.owners[agent_id].lease == lease.id:
+            del self.owners[agent_id]
+            self._publish(Change("owners", agent_id, None))
+
+    async def snapshot(self) -> Snapshot:
+        await self._call("snapshot")
+        return Snapshot(self.revision, dict(self.members), dict(self.owners), dict(self.overlay))
+
+    @asynccontextmanager
+    async def watch(self, revision: int) -> AsyncIterator[AsyncIterator[Batch]]:
+        send, receive = trio.open_memory_channel[Batch](math.inf)
+        self._watchers.append(send)
+        try:
+            yield receive
+        finally:
+            self._watchers.remove(send)
+
+    async def put_overlay(self, agent_id: str, table: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    async def delete_overlay(self, agent_id: str) -> bool:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Owner:
+    """Stands in for the supervisor: counts reconcile requests, records fences."""
+
+    def __init__(self) -> None:
+        self.reconciles = 0
+        self.fences: list[tuple[float, float]] = []  # (when, deadline)
+        self.reconciled = trio.Event()
+        self.fenced = trio.Event()
+
+    def reconcile(self) -> None:
+        self.reconciles += 1
+        self.reconciled.set()
+        self.reconciled = trio.Event()
+
+    async def fence(self, deadline: float) -> None:
+        self.fences.append((trio.current_time(), deadline))
+        self.fenced.set()
+
+
+@pytest.fixture
+def store() -> MemoryCoordinator:
+    return MemoryCoordinator()
+
+
+async def joined(
+    nursery: trio.Nursery, store: MemoryCoordinator, name: str = "m1"
+) -> tuple[ClusterMember, Owner]:
+    member, owner = ClusterMember(store, name, TTL), Owner()
+    await nursery.start(member.run, owner.reconcile, owner.fence)
+    while member.lease is None:
+        await owner.reconciled.wait()
+    return member, owner
+
+
+async def test_a_member_that_loses_etcd_stops_everything_before_its_lease_can_expire(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, owner = await joined(nursery, store)
+        spec = make_spec("web")
+        assert member.mine({"web": spec}) == {"web": spec}
+        assert await member.claim(["web"]) == {"web"}
+        await trio.sleep(10)  # refreshes keep it going
+        assert member.holds("web")
+        last_refresh = trio.current_time()
+        store.cut()
+        await owner.fenced.wait()
+        when, deadline = owner.fences[0]
+        # Given up once half the ttl may be left; stopped a tenth before it could expire.
+        assert last_refresh < when <= last_refresh + TTL / 2 + 0.01
+        assert deadline == pytest.approx(when + TTL / 2 - TTL / 10, abs=TTL / 6)
+        assert deadline < last_refresh + TTL
+        # Nothing is this member's now, and nothing can be claimed.
+        assert not member.holds("web")
+        assert member.mine({"web": spec}) == {}
+        assert await member.claim(["web"]) == set()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lease_found_gone_stops_everything_at_once(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, owner = await joined(nursery, store)
+        assert member.lease is not None
+        store.forget(member.lease.id)  # e.g. the member was frozen past its ttl
+        await owner.fenced.wait()
+        when, deadline = owner.fences[0]
+        assert deadline == when
+        nursery.cancel_scope.cancel()
+
+
+async def test_after_a_loss_it_revokes_the_old_lease_and_joins_anew(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, owner = await joined(nursery, store)
+        first = member.lease
+        assert first is not None
+        assert await member.claim(["web"]) == {"web"}
+        store.cut()
+        await owner.fenced.wait()
+        store.resume()
+        while member.lease is None:
+            await owner.reconciled.wait()
+        assert member.lease.id != first.id
+        assert store.revoked == [first.id]  # its keys went at once: web is free
+        assert "web" not in store.owners
+        assert await member.claim(["web"]) == {"web"}
+        nursery.cancel_scope.cancel()
+    assert member.sessions == 2
+
+
+async def test_a_claim_held_elsewhere_waits_for_the_release(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    moving = next(i for i in (f"a{n}" for n in range(100)) if owner(i, ["m1", "m2"]) == "m2")
+    async with trio.open_nursery() as nursery:
+        m1, _ = await joined(nursery, store, "m1")
+        assert await m1.claim([moving]) == {moving}  # alone, m1 runs everything
+        m2, owner2 = await joined(nursery, store, "m2")
+        assert await m2.claim([moving]) == set()  # m1 still holds it (still stopping)
+        before = owner2.reconciles
+        m1.release([moving])
+        await owner2.reconciled.wait()  # the delete wakes the member that waits for it
+        assert owner2.reconciles > before
+        assert await m2.claim([moving]) == {moving}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_key_won_for_an_agent_a_newcomer_owns_is_handed_on_unstarted(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    moving = next(i for i in (f"a{n}" for n in range(100)) if owner(i, ["m1", "m2"]) == "m2")
+    async with trio.open_nursery() as nursery:
+        m1, _ = await joined(nursery, store, "m1")
+        await joined(nursery, store, "m2")
+        assert await m1.claim([moving]) == set()
+        await trio.sleep(1)
+        assert moving not in store.owners
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_claim_waits_for_its_own_pending_release(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, _ = await joined(nursery, store)
+        assert await member.claim(["web"]) == {"web"}
+        member.release(["web"])  # the delete goes out in the background
+        assert await member.claim(["web"]) == {"web"}
+        await trio.sleep(1)
+        # Had the release run after the claim, it would have deleted the new key.
+        assert store.owners["web"] == Holder("m1", member.lease.id if member.lease else 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_leaving_revokes_the_lease(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, _ = await joined(nursery, store)
+        lease = member.lease
+        assert lease is not None
+        nursery.cancel_scope.cancel()
+    assert store.revoked == [lease.id]
+    assert store.members == {}
+
+
+async def test_a_join_that_cannot_reach_etcd_keeps_trying(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    failures = 0
+
+    async def flaky_grant(ttl: float) -> Lease:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise Unavailable("etcd unreachable: connection refused")
+        return Lease(7, ttl)
+
+    store.grant = flaky_grant  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        member, _ = await joined(nursery, store)
+        assert member.lease == Lease(7, TTL)
+        nursery.cancel_scope.cancel()
