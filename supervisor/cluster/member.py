@@ -17,6 +17,7 @@ expired (`fence`). The member then joins again with a new lease and claims anew.
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -128,11 +129,12 @@ class ClusterMember:
         """Claim the ownership keys of `ids`; return the ids whose keys this member holds.
 
         A key another member holds is not taken: once it is deleted (released, or its
-        lease ended) the watch asks for a reconcile, which claims again. A key won for an
-        agent that a member joining meanwhile now owns is released again at once. A claim the store
-        did not answer is retried by a reconcile a moment later. If the session ends
-        meanwhile, nothing counts as claimed (such keys end with that session's lease).
-        Cancelling abandons the claims; keys created anyway end with the lease.
+        lease ended) the watch asks for a reconcile, which claims again. A key won for
+        an agent that a member joining meanwhile now owns is released again at once. A
+        claim the store did not answer is retried by a reconcile a moment later. If the
+        session ends meanwhile, nothing counts as claimed (such keys end with that
+        session's lease). Cancelling abandons the claims; keys created anyway end with
+        the lease.
         """
         lease = self.lease
         if lease is None or not ids:
@@ -141,6 +143,7 @@ class ClusterMember:
         self._waiting.update(ids)
         won: set[str] = set()
         failed: list[str] = []
+        held_by: collections.Counter[str] = collections.Counter()
 
         async def one(agent_id: str) -> None:
             released = self._releasing.get(agent_id)
@@ -155,7 +158,7 @@ class ClusterMember:
             if holder is None:
                 won.add(agent_id)
             else:
-                log.info("%s: held by %s; starts here once released", agent_id, holder.member)
+                held_by[holder.member] += 1
 
         async with trio.open_nursery() as nursery:
             for agent_id in ids:
@@ -167,6 +170,9 @@ class ClusterMember:
         # Members that joined meanwhile may have taken some: hand those on unstarted.
         moved = {i for i in won if self.placement.owner(self._keys.get(i, i)) != self.name}
         self.release(moved)
+        if held_by:
+            others = ", ".join(f"{n} by {m or '?'}" for m, n in held_by.most_common())
+            log.info("cluster: agents still held elsewhere (%s) start here once released", others)
         if failed:
             log.warning("cluster: %d claims unanswered (%s); retrying", len(failed), failed[0])
             self._reconcile_later()
@@ -299,8 +305,8 @@ class ClusterMember:
         a time the lease lives to at least. Failed refreshes are retried; once less than
         half the ttl may be left, the lease counts as lost, and the rest of that half,
         minus a margin for killing, is the agents' time to stop. Refreshing at ttl/6
-        (etcd's own clients use ttl/3) leaves a slow answer (a busy loop, a busy etcd)
-        two tries and a third of the ttl before that point.
+        (etcd's own clients use ttl/3) gives a slow answer (a busy loop, a busy etcd) a
+        third of the ttl, and a failed one several retries, before that point.
         """
         expires = sent + lease.ttl
         margin = lease.ttl / 10
