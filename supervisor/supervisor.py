@@ -53,6 +53,10 @@ class StartFailed(Exception):
     """An agent loaded over the API failed its first start; nothing was kept."""
 
 
+class StateNotSaved(StartFailed):
+    """The state file could not be written: an agent loaded over the API is not kept."""
+
+
 class ShuttingDown(Exception):
     """The supervisor is stopping and takes no more requests."""
 
@@ -355,10 +359,12 @@ class Supervisor:
             if agent_id in desired:
                 log.warning("%s: now declared in the manifest; the API's copy is dropped", agent_id)
                 del self.overlay[agent_id]
-                self._save_state()
+                self._save_state_or_log()
                 continue
             try:
-                desired[agent_id] = self._spec_from_table(agent_id, table, known=desired)
+                desired[agent_id] = self._spec_from_table(
+                    agent_id, table, known=desired, label=self._state_label
+                )
                 sources[agent_id] = "api"
             except ManifestError as exc:
                 errors.extend(exc.errors)
@@ -367,16 +373,26 @@ class Supervisor:
         return desired, sources
 
     def _spec_from_table(
-        self, agent_id: str | None, table: dict[str, Any], known: Mapping[str, Any]
+        self,
+        agent_id: str | None,
+        table: dict[str, Any],
+        known: Mapping[str, Any],
+        label: str = "request",
     ) -> AgentSpec:
+        """Validate an API agent's table; errors are located in `label` (the request's
+        body, or the state file it was read back from)."""
         return mf.agent_from_table(
             agent_id,
             table,
             base=self.manifest.path.parent,
             defaults=self.manifest.defaults,
             known_ids=list(known),
-            label=str(self.manifest.settings.state_file or "request"),
+            label=label,
         )
+
+    @property
+    def _state_label(self) -> str:
+        return str(self.manifest.settings.state_file or "the API overlay")
 
     # -- starting and stopping slots --------------------------------------------------
 
@@ -480,17 +496,23 @@ class Supervisor:
 
     async def _settle_load(self, slot: Slot, table: dict[str, Any], done: _Reply) -> None:
         why = await slot.wait_started() if slot.active else None
+        error: StartFailed | None = None
         if why is None:
             self.overlay[slot.spec.id] = table
-            self._save_state()
-            log.info("%s: loaded over the API", slot.spec.id)
-            done.set(slot)
-            return
+            try:
+                self._save_state()
+            except StateNotSaved as exc:
+                del self.overlay[slot.spec.id]
+                error = exc
+            else:
+                log.info("%s: loaded over the API", slot.spec.id)
+                done.set(slot)
+                return
         try:
             await self._call(partial(self._forget, slot))
         except ShuttingDown:
             pass
-        done.fail(StartFailed(f"agent {slot.spec.id!r} failed to start: {why}"))
+        done.fail(error or StartFailed(f"agent {slot.spec.id!r} failed to start: {why}"))
 
     async def _forget(self, slot: Slot) -> None:
         if self.slots.get(slot.spec.id) is slot:
@@ -510,7 +532,7 @@ class Supervisor:
             )
         await self._forget(slot)
         if self.overlay.pop(agent_id, None) is not None:
-            self._save_state()
+            self._save_state_or_log()
         log.info("%s: unloaded over the API", agent_id)
 
     async def start(self, agent_id: str) -> Slot:
@@ -597,29 +619,57 @@ class Supervisor:
             for agent_id, table in tables.items():
                 if agent_id in self.manifest.agents:
                     continue  # the manifest wins
-                self._spec_from_table(agent_id, table, known={**self.manifest.agents, **tables})
+                known = {**self.manifest.agents, **tables}
+                self._spec_from_table(agent_id, table, known, label=str(path))
                 self.overlay[agent_id] = table
         except ManifestError as exc:
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            path.rename(aside)
             self.overlay.clear()
-            log.error("state file %s is invalid, moved to %s:\n%s", path, aside, exc)
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            try:
+                path.rename(aside)
+            except OSError as err:
+                log.error(
+                    "state file %s is invalid and could not be moved aside (%s); "
+                    "starting without it:\n%s",
+                    path,
+                    err,
+                    exc,
+                )
+            else:
+                log.error("state file %s is invalid, moved to %s:\n%s", path, aside, exc)
 
     def _save_state(self) -> None:
-        """Write the overlay to `state_file` atomically: write, fsync, rename."""
+        """Write the overlay to `state_file` atomically: write, fsync, rename.
+
+        Raises:
+          StateNotSaved: the file could not be written (nothing was replaced).
+        """
         path = self.manifest.settings.state_file
         if path is None:
             return
         data = tomli_w.dumps({"agents": self.overlay}).encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        tmp = None
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise StateNotSaved(f"cannot write the state file {path}: {exc.strerror or exc}")
+
+    def _save_state_or_log(self) -> None:
+        """`_save_state` where the change stands anyway (an unload): log a failure."""
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            self._save_state()
+        except StateNotSaved as exc:
+            log.error("%s; it will not reflect the last change", exc)

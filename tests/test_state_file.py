@@ -1,0 +1,35 @@
+"""The API overlay's state file when it cannot be written, against a real API server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from .test_api import AGENTS, IDLE, open_api
+
+
+async def test_an_unwritable_state_file_refuses_the_load_and_keeps_running(
+    tmp_path: Path,
+) -> None:
+    toml = f'[supervisor]\nstate_file = "missing-folder/state.toml"\n{IDLE}'
+    with trio.fail_after(10):
+        async with open_api(tmp_path, toml) as api:
+            body = {"id": "b", "entry": f"{AGENTS}:idle"}
+            r = await api.http.post("/agents", json=body)
+            assert r.status_code == 422
+            assert "cannot write the state file" in r.json()["error"]
+            assert "b" not in api.sup.slots
+            assert api.sup.slots["a"].state == "running"
+            assert (await api.http.get("/healthz")).status_code == 200
+
+
+async def test_a_bad_body_is_located_in_the_request_not_the_state_file(
+    tmp_path: Path,
+) -> None:
+    toml = f'[supervisor]\nstate_file = "state.toml"\n{IDLE}'
+    with trio.fail_after(10):
+        async with open_api(tmp_path, toml) as api:
+            r = await api.http.post("/agents", json={"id": "b", "comand": "sleep 1"})
+            assert r.status_code == 422
+            assert any(e.startswith("request: agents.b") for e in r.json()["errors"])
