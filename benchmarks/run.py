@@ -216,8 +216,10 @@ class Bench:
                 peer.setup()
                 if isinstance(peer, peers.Ours):
                     probe_ours(peer)
+                    rev = self.args.ours_rev
+                    exported = peer.src.name.removeprefix("src-")
                     self.versions[name] = (
-                        self.args.ours_rev or f"work tree at {machine()['commit']}"
+                        f"{rev} = {exported}" if rev else f"work tree at {machine()['commit']}"
                     )
                 elif isinstance(peer, peers.Supervisord | peers.Pm2):
                     self.versions[name] = peer.version()
