@@ -230,8 +230,10 @@ def run(agents: int, ttl: float, count: int, keep: bool = False) -> dict[str, An
             "handover_gap_max_s": round(max(gaps), 3),
         }
     finally:
-        bench.sampler.stop()
-        bench.close()
+        try:
+            bench.sampler.stop()
+        finally:
+            bench.close()  # members and etcd go, whatever failed
         figures["samples"] = bench.sampler.samples
         figures["instants_running_twice"] = len(bench.sampler.twice)
         if keep:
