@@ -503,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
+    signal.signal(signal.SIGINT, on_term)  # even when started with SIGINT ignored (`cmd &`)
     if not procfs.become_subreaper():
         log("warning: could not become a child subreaper; daemonised peers may leak")
     bench = Bench(args)
