@@ -9,6 +9,14 @@ guarantees however the supervisor dies, the keeper SIGKILLs every group still
 registered and exits. ``q`` asks it to exit without killing anything (a graceful
 shutdown has already stopped every group).
 
+A child forked in the instant before its ``+PGID`` line is written (a supervisor killed
+in the middle of a burst of starts) would escape that, so every agent also carries
+``SUPERVISOR_KEEPER_MARK=<this keeper's mark>`` in its environment, and the keeper, once
+it has killed the registered groups, SIGKILLs every process whose environment holds the
+mark (rescanning until nothing is found, for children caught between fork and exec).
+That also catches descendants that left their group with ``setsid``, unless they
+cleared their environment.
+
     keeper = Keeper.start()          # once, at startup
     keeper.register(pid)             # the runner, right after spawning a group leader
     keeper.unregister(pid)           # the runner, once the group is gone
@@ -27,6 +35,7 @@ caller may skip it there.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -34,7 +43,7 @@ from supervisor.logs import log
 
 # The keeper's whole program. It reads lines until EOF; ``q`` exits quietly.
 PROGRAM = """\
-import os, signal
+import os, signal, sys, time
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
     signal.signal(s, signal.SIG_IGN)
 groups = set()
@@ -56,13 +65,36 @@ for pgid in groups:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+# A child forked in the instant before its "+PGID" line was written is in no registered
+# group, but it carries our mark in its environment, as does anything it started. One
+# still between fork and exec shows no environment of its own yet: scan until a scan
+# finds nothing, a few times over.
+mark = b"\\0SUPERVISOR_KEEPER_MARK=" + sys.argv[2].encode() + b"\\0"
+quiet = 0
+while quiet < 3:
+    found = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open("/proc/" + name + "/environ", "rb") as f:
+                    marked = mark in b"\\0" + f.read()
+                if marked:
+                    os.kill(int(name), signal.SIGKILL)
+                    found += 1
+            except OSError:
+                pass
+    quiet = 0 if found else quiet + 1
+    time.sleep(0.05)
 """
+
+MARK_VARIABLE = "SUPERVISOR_KEEPER_MARK"
 
 
 class Keeper:
     """A handle on the running keeper process. Sync methods that never block the loop."""
 
-    def __init__(self, process: subprocess.Popen[bytes], pipe: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], pipe: int, mark: str) -> None:
+        self.mark = mark  # MARK_VARIABLE=mark goes into every agent's environment
         self._process = process
         self._pipe: int | None = pipe
         self._pending = b""
@@ -72,9 +104,10 @@ class Keeper:
     def start(cls) -> Keeper:
         """Start the keeper process (a few ms, once). Its stdin is our pipe's read end."""
         read_end, write_end = os.pipe()  # both close-on-exec: no other child holds them
+        mark = f"{os.getpid()}-{secrets.token_hex(8)}"
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", PROGRAM, "supervisor-keeper"],
+                [sys.executable, "-I", "-S", "-c", PROGRAM, "supervisor-keeper", mark],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
@@ -85,7 +118,7 @@ class Keeper:
         finally:
             os.close(read_end)
         os.set_blocking(write_end, False)
-        return cls(process, write_end)
+        return cls(process, write_end, mark)
 
     @property
     def pid(self) -> int:

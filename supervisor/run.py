@@ -72,7 +72,7 @@ def run_main(
 
 async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None) -> int:
     # As PID 1 the kernel kills the whole PID namespace when we die: no keeper needed.
-    keeper = None if is_pid1() else Keeper.start()
+    keeper = None if is_pid1() else _start_keeper()
     cluster = None if join is None else _member(join)
     sup = Supervisor(m, make_runner(keeper), cluster)
     try:
@@ -111,6 +111,14 @@ def _member(join: Joining) -> ClusterMember:
     from supervisor.cluster.member import ClusterMember  # an HTTP client: only when needed
 
     return ClusterMember.connect(join)
+
+
+def _start_keeper() -> Keeper | None:
+    try:
+        return Keeper.start()
+    except (OSError, ValueError) as exc:
+        log.warning("no keeper (%s): agents may outlive a SIGKILLed supervisor", exc)
+        return None
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[BaseException]:

@@ -280,3 +280,33 @@ def test_invalid_manifest_at_start_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "agents.a" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def _sleeping(arg: str) -> list[int]:
+    """Live `sleep ARG` processes."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (
+                proc.name.isdigit()
+                and (proc / "cmdline").read_bytes() == f"sleep\0{arg}\0".encode()
+            ) and alive(int(proc.name)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_no_agent_outlives_a_supervisor_sigkilled_while_starting(
+    tmp_path: Path, round_: int
+) -> None:
+    """A child forked just before the keeper heard of it must die too."""
+    arg = f"{200000 + os.getpid() % 1000 * 10 + round_}"
+    m = tmp_path / "agents.toml"
+    write(m, {f"s{i}": {"command": ["sleep", arg]} for i in range(40)})
+    with Supervisor(m) as sup:
+        wait_until(lambda: len(_sleeping(arg)) >= 3 + 3 * round_, what="some agents started")
+        sup.signal(signal.SIGKILL)
+        sup.wait_exit()
+    wait_until(lambda: not _sleeping(arg), what="every agent gone")

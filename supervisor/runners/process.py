@@ -37,7 +37,7 @@ from typing import TypeVarTuple
 
 import trio
 
-from supervisor.keeper import Keeper
+from supervisor.keeper import MARK_VARIABLE, Keeper
 from supervisor.logs import log, relay
 from supervisor.manifest import AgentSpec
 from supervisor.notify import NotifySocket, open_notify_socket
@@ -88,7 +88,7 @@ async def run_process(spec: AgentSpec, hooks: Hooks, *, keeper: Keeper | None = 
         except OSError as exc:
             return Outcome(start_failed=True, error=_notify_socket_error(exc, spec))
         try:
-            child = _Child.spawn(spec, _environment(spec, notify))
+            child = _Child.spawn(spec, _environment(spec, notify, keeper))
         except (OSError, ValueError) as exc:
             return Outcome(start_failed=True, error=_start_error(exc, spec))
         if keeper is not None:
@@ -204,8 +204,12 @@ async def _maybe_notify_socket(spec: AgentSpec) -> AsyncIterator[NotifySocket | 
         yield notify
 
 
-def _environment(spec: AgentSpec, notify: NotifySocket | None) -> dict[str, str]:
-    """Our environment, plus the agent's, plus its own ``$NOTIFY_SOCKET`` if any."""
+def _environment(
+    spec: AgentSpec, notify: NotifySocket | None, keeper: Keeper | None = None
+) -> dict[str, str]:
+    """Our environment, plus the agent's, plus its own ``$NOTIFY_SOCKET`` if any, plus
+    the keeper's mark (which lets the keeper find a child forked just before it was
+    registered)."""
     env = dict(os.environ)
     # If we run under systemd ourselves, our NOTIFY_SOCKET is not the agent's to use;
     # and the API token is the operator's, not every agent's (an agent's own env may
@@ -215,6 +219,8 @@ def _environment(spec: AgentSpec, notify: NotifySocket | None) -> dict[str, str]
     env.update(spec.env)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
+    if keeper is not None:
+        env[MARK_VARIABLE] = keeper.mark
     return env
 
 
