@@ -1,0 +1,164 @@
+"""An agent's spec, built from its layers: `[defaults]`, a folder's keys, its own table.
+
+`Agents` gathers the agents of a manifest file by file (the manifest's `[agents.*]`,
+then each included file's), reporting ids declared twice, then checks `after` across
+all of them. `build_agent` builds one spec, as `load` and the HTTP API both need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from supervisor.manifest_check import (
+    Problems,
+    check_after_ids,
+    check_id,
+    cycles,
+    file_tables,
+    kinds_message,
+    parse_toml,
+    read_layer,
+    read_text,
+    toml_key,
+)
+from supervisor.manifest_folder import read_folder
+from supervisor.manifest_model import KIND_KEYS, AgentSpec, IncludedDocument, Kind, ManifestError
+
+
+def read_defaults(
+    table: dict[str, Any], label: str, base: Path, problems: Problems
+) -> dict[str, Any]:
+    """The validated keys of a `[defaults]` table; the kind keys have no place there."""
+    values = read_layer(table, label=label, where="defaults", base=base, problems=problems) or {}
+    for key in KIND_KEYS:
+        if values.pop(key, None) is not None:
+            problems.add(
+                label, f"defaults.{key}", "not allowed in [defaults]: each agent says what it runs"
+            )
+    return values
+
+
+@attrs.define
+class Agents:
+    """The agents of one manifest, gathered file by file, then checked together."""
+
+    base: Path
+    shown_base: str  # the manifest's folder as the user wrote it, for messages
+    defaults: dict[str, Any]
+    problems: Problems
+    specs: dict[str, AgentSpec] = attrs.Factory(dict)
+    declared: dict[str, str] = attrs.Factory(dict)  # every id seen -> its file's label
+
+    def add_table(self, agents: dict[str, Any], label: str) -> None:
+        """Add the agents of one file's `[agents]` table; `label` names the file."""
+        for agent_id, table in agents.items():
+            if agent_id.startswith("x-"):
+                continue
+            if agent_id in self.declared:
+                where = f"agents.{toml_key(agent_id)}"
+                self.problems.add(label, where, f"already declared in {self.declared[agent_id]}")
+                continue
+            self.declared[agent_id] = label
+            check_id(agent_id, label, self.problems)
+            spec = build_agent(
+                agent_id,
+                table,
+                label=label,
+                base=self.base,
+                shown_base=self.shown_base,
+                defaults=self.defaults,
+                problems=self.problems,
+            )
+            if spec is not None:
+                self.specs[agent_id] = spec
+
+    def add_file(self, path: Path, label: str) -> None:
+        """Add the agents of an included file, which may hold nothing else."""
+        try:
+            doc = parse_toml(read_text(path, label), label)
+        except ManifestError as e:
+            self.problems.messages.extend(e.errors)
+            return
+        for name in ("supervisor", "defaults"):
+            if doc.pop(name, None) is not None:
+                self.problems.add(
+                    label, name, "not allowed in an included file, which holds [agents.*] only"
+                )
+        self.add_table(file_tables(IncludedDocument, doc, label, self.problems).agents, label)
+
+    def check_after(self) -> None:
+        """Once every file is in: `after` names declared agents, without cycles."""
+        specs = self.specs.values()
+        check_after_ids(specs, self.declared.keys(), self.declared.__getitem__, self.problems)
+        for cycle in cycles(self.specs):
+            where = f"agents.{toml_key(cycle[0])}.after"
+            self.problems.add(self.declared[cycle[0]], where, "cycle: " + " -> ".join(cycle))
+
+
+def build_agent(
+    agent_id: str,
+    table: Any,
+    *,
+    label: str,
+    base: Path,
+    shown_base: str,
+    defaults: dict[str, Any],
+    problems: Problems,
+) -> AgentSpec | None:
+    """Build one agent from its table over `defaults`; None if it has problems (reported).
+
+    Precedence, lowest first: built-in defaults, `[defaults]`, a folder's agent.toml,
+    the agent's own table.
+    """
+    where = f"agents.{toml_key(agent_id)}"
+    given = [key for key in KIND_KEYS if isinstance(table, dict) and table.get(key) is not None]
+    if len(given) != 1 and isinstance(table, dict):
+        problems.add(
+            label, where, kinds_message(given, KIND_KEYS) + _dotted_id_hint(agent_id, table)
+        )
+    own = read_layer(table, label=label, where=where, base=base, problems=problems)
+    if own is None or len(given) != 1:
+        return None
+    if "path" not in own:
+        return _spec(agent_id, _merge(defaults, own), root=base, digest="")
+    shown = os.path.normpath(os.path.join(shown_base, own["path"]))
+    folder = read_folder(own["path"], shown, where=where, label=label, base=base, problems=problems)
+    if folder is None:
+        return None
+    values = _merge(defaults, folder.values, own)
+    values["path"] = folder.path
+    return _spec(agent_id, values, root=folder.path, digest=folder.digest)
+
+
+def _dotted_id_hint(agent_id: str, table: dict[str, Any]) -> str:
+    """A hint for ``[agents.api.v2]``, which TOML reads as agent "api" with a table "v2"."""
+    for key, value in table.items():
+        if isinstance(value, dict) and any(kind in value for kind in KIND_KEYS):
+            dotted = json.dumps(f"{agent_id}.{key}")
+            return f"; for the id {dotted}, quote it: [agents.{dotted}]"
+    return ""
+
+
+def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win, key by key; `params` and `env` merge their own keys too."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in ("params", "env"):
+                # A fresh dict for each agent: agents must not share a mutable params.
+                merged[key] = {**merged.get(key, {}), **value}
+            else:
+                merged[key] = value
+    return merged
+
+
+def _spec(agent_id: str, values: dict[str, Any], *, root: Path, digest: str) -> AgentSpec:
+    kind: Kind = "in-process" if "entry" in values else "process"
+    return AgentSpec(
+        **{"id": agent_id, "kind": kind, "root": root, "cwd": root, "digest": digest, **values}
+    )

@@ -1,0 +1,360 @@
+"""Problems: every error in a manifest, located, collected, and raised at once.
+
+`Problems` gathers ``FILE: PATH: message`` lines while a manifest is read; structuring
+through it turns cattrs' error groups into such lines. The rest are the rules the types
+alone do not say, checked on structured values: limits from the fields' metadata,
+entries, env names, nulls, ids, one kind per agent, and `after` naming known agents
+without cycles. Reading a file is here too: its errors are located the same way.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import json
+import os
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import rtoml
+from attrs import AttrsInstance
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from supervisor.manifest_convert import Invalid, converter, did_you_mean, show
+from supervisor.manifest_model import ENTRY_PATTERN, ID_PATTERN, AgentKeys, AgentSpec, ManifestError
+
+T = TypeVar("T")
+A = TypeVar("A", bound=AttrsInstance)
+
+
+@attrs.define
+class Problems:
+    """Collects located messages, so that one run reports every problem."""
+
+    messages: list[str] = attrs.Factory(list)
+
+    def add(self, label: str, where: str, message: str) -> None:
+        self.messages.append(f"{label}: {where}: {message}" if where else f"{label}: {message}")
+
+    def add_all(self, label: str, pairs: Iterable[tuple[str, str]]) -> None:
+        for where, message in pairs:
+            self.add(label, where, message)
+
+    def structure(self, cls: type[T], table: Any, label: str, where: str) -> T | None:
+        """`table` structured into `cls`, after reporting any problems.
+
+        If some keys are bad, the others are still structured (so that the checks that
+        follow still run on them and report what they find too); None if that fails.
+        """
+        try:
+            return converter.structure(table, cls)
+        except Exception as e:
+            self.add_all(label, _located(e, where))
+            bad = _bad_keys(e)
+        if not bad or not isinstance(table, dict):
+            return None
+        try:
+            return converter.structure({k: v for k, v in table.items() if k not in bad}, cls)
+        except Exception:
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.messages:
+            raise ManifestError(self.messages)
+
+
+def _bad_keys(exc: BaseException) -> set[str]:
+    """The keys of a table that failed to structure; empty if it is not that simple."""
+    if not isinstance(exc, ClassValidationError):
+        return set()
+    with_notes, others = exc.group_exceptions()
+    bad = {note.name for _, note in with_notes}
+    for sub in others:
+        if not isinstance(sub, ForbiddenExtraKeysError):
+            return set()
+        bad |= sub.extra_fields
+    return bad
+
+
+def _located(exc: BaseException, where: str) -> Iterator[tuple[str, str]]:
+    """Walk a cattrs error group into (TOML path, message) pairs."""
+    if isinstance(exc, ClassValidationError):
+        with_notes, others = exc.group_exceptions()
+        for sub, note in with_notes:
+            yield from _located(sub, _join(where, note.name))
+        for sub in others:
+            if isinstance(sub, ForbiddenExtraKeysError):
+                known = [field.name for field in attrs.fields(sub.cl)]
+                for key in sorted(sub.extra_fields):
+                    yield _join(where, key), "unknown key" + did_you_mean(key, known)
+            else:
+                yield from _located(sub, where)
+    elif isinstance(exc, IterableValidationError):
+        items, others = exc.group_exceptions()
+        for sub, item in items:
+            index = item.index
+            yield from _located(
+                sub, f"{where}[{index}]" if isinstance(index, int) else _join(where, index)
+            )
+        for sub in others:
+            yield from _located(sub, where)
+    elif isinstance(exc, Invalid):
+        yield where, str(exc)
+    else:  # a bug of ours rather than the user's; still say where
+        yield where, f"invalid value ({type(exc).__name__}: {exc})"
+
+
+# --- Paths and names --------------------------------------------------------------------
+
+
+def absolute(base: Path, written: str) -> Path:
+    """`written` resolved against `base`, without following symlinks.
+
+    Symlinks are kept as they are: a Kubernetes ConfigMap mounts files as symlinks that
+    change on update, and the path must keep pointing through them.
+    """
+    return Path(os.path.normpath(os.path.join(base, written)))
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_key(key: str) -> str:
+    """A key as TOML writes it in a dotted path: bare if it can be, else quoted."""
+    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{toml_key(key)}" if where else toml_key(key)
+
+
+# --- Reading files -----------------------------------------------------------------
+
+
+def read_text(path: Path, label: str) -> str:
+    """The text of a file; ManifestError, labelled, if it cannot be read as UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError([f"{label}: not UTF-8 text ({e.reason} at byte {e.start})"])
+    except OSError as e:
+        raise ManifestError([f"{label}: cannot read: {e.strerror or e}"])
+
+
+_TOML_POSITION = re.compile(r"^(?P<msg>.*) at line (?P<line>\d+) column (?P<column>\d+)$", re.S)
+
+
+def parse_toml(text: str, label: str) -> dict[str, Any]:
+    """Parse TOML; ManifestError, with the line and column, if it is not valid."""
+    try:
+        return dict(rtoml.loads(text))
+    except rtoml.TomlParsingError as e:
+        found = _TOML_POSITION.match(str(e))
+        if found is None:
+            raise ManifestError([f"{label}: invalid TOML: {e}"])
+        line, column, msg = found["line"], found["column"], found["msg"]
+        raise ManifestError([f"{label}: line {line}, column {column}: invalid TOML: {msg}"])
+
+
+def parse_json(text: str, label: str) -> dict[str, Any]:
+    """Parse a folder's agent.json; ManifestError if it is not a JSON object."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError([f"{label}: line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}"])
+    if not isinstance(doc, dict):
+        raise ManifestError([f"{label}: must hold an object of agent keys, not {show(doc)}"])
+    return doc
+
+
+def file_tables(cls: type[A], doc: dict[str, Any], label: str, problems: Problems) -> A:
+    """The top-level tables of a file; a table that is not a table is left out."""
+    tables = problems.structure(cls, doc, label, "")
+    if tables is not None:
+        return tables
+    names = [field.name for field in attrs.fields(cls)]
+    return cls(**{name: doc[name] for name in names if isinstance(doc.get(name), dict)})
+
+
+# --- Rules on structured values -------------------------------------------------------
+
+
+_ID = re.compile(ID_PATTERN)
+
+
+def check_id(agent_id: str, label: str, problems: Problems, hint: str = "") -> None:
+    """An id must match ID_PATTERN, and not start with "x-"; `hint` ends the message."""
+    where = f"agents.{toml_key(agent_id)}"
+    if agent_id.startswith("x-"):
+        problems.add(label, where, 'bad id: ids starting with "x-" are kept for tools' + hint)
+    elif not _ID.match(agent_id):
+        problems.add(
+            label,
+            where,
+            'bad id: use 1 to 63 of a-z, 0-9, "_", "." and "-", starting with a letter or digit'
+            + hint,
+        )
+
+
+def kinds_message(given: Sequence[str], allowed: Sequence[str]) -> str:
+    """What is wrong when a table gives `given` of the kind keys, not one of `allowed`."""
+    choices = ", ".join(f'"{key}"' for key in allowed[:-1]) + f' or "{allowed[-1]}"'
+    if not given:
+        return f"needs one of {choices}"
+    shown = ", ".join(f'"{key}"' for key in given[:-1]) + f' and "{given[-1]}"'
+    return f"has {shown}; give exactly one of {choices}"
+
+
+_AGENT_KEYS = frozenset(field.name for field in attrs.fields(AgentKeys))
+
+
+def read_layer(
+    table: Any, *, label: str, where: str, base: Path, problems: Problems
+) -> dict[str, Any] | None:
+    """The keys `table` gives, checked, with `cwd` made absolute against `base`.
+
+    None if the table cannot be structured; its problems are reported either way.
+    """
+    keys = problems.structure(AgentKeys, table, label, where)
+    if keys is None:
+        return None
+    # Only the keys given here: they decide what this layer overrides. (A JSON null is
+    # taken as "not given".) `x-` keys were dropped while structuring.
+    values = {
+        key: value
+        for key in table
+        if key in _AGENT_KEYS and (value := getattr(keys, key)) is not None
+    }
+    problems.add_all(label, limit_problems(AgentKeys, values, where))
+    problems.add_all(label, _value_problems(values, where))
+    if "cwd" in values:
+        values["cwd"] = absolute(base, values["cwd"])
+    return values
+
+
+_ENTRY = re.compile(ENTRY_PATTERN)
+
+
+def _value_problems(values: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
+    """What the types alone do not say about an agent's values."""
+    entry = values.get("entry")
+    if entry is not None and not _ENTRY.match(entry):
+        yield (
+            f"{where}.entry",
+            f'must be "module:function", like "app.worker:main", not {show(entry)}',
+        )
+    for name in values.get("env", {}):
+        if not name or "=" in name or "\0" in name:
+            yield _join(f"{where}.env", name), 'must be a variable name, without "="'
+    # TOML has no null: a params table from JSON with one could not be kept in a
+    # state file, nor written in a manifest.
+    for path in _nulls(values.get("params", {}), f"{where}.params"):
+        yield path, "must not be null (TOML has no null; leave the key out)"
+    if values.get("path") == "":
+        yield f"{where}.path", "must not be empty"
+
+
+def _nulls(value: Any, where: str) -> Iterator[str]:
+    """The paths of the nulls inside `value`."""
+    if value is None:
+        yield where
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nulls(item, _join(where, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nulls(item, f"{where}[{i}]")
+
+
+def limit_problems(cls: type, values: Mapping[str, Any], where: str) -> Iterator[tuple[str, str]]:
+    """Values outside the `minimum`/`maximum` in their field's metadata (items of arrays)."""
+    limits = _limits(cls)
+    for name, value in values.items():
+        if attrs.has(type(value)):
+            nested = {field.name: getattr(value, field.name) for field in attrs.fields(type(value))}
+            yield from limit_problems(type(value), nested, f"{where}.{name}")
+        elif name in limits and isinstance(value, tuple):
+            for i, item in enumerate(value):
+                yield from _out_of(limits[name], item, f"{where}.{name}[{i}]")
+        elif name in limits:
+            yield from _out_of(limits[name], value, f"{where}.{name}")
+
+
+_limits_cache: dict[type, dict[str, tuple[float | None, float | None]]] = {}
+
+
+def _limits(cls: type) -> dict[str, tuple[float | None, float | None]]:
+    if cls not in _limits_cache:
+        _limits_cache[cls] = {
+            field.name: (field.metadata.get("minimum"), field.metadata.get("maximum"))
+            for field in attrs.fields(cls)
+            if "minimum" in field.metadata or "maximum" in field.metadata
+        }
+    return _limits_cache[cls]
+
+
+def _out_of(
+    limits: tuple[float | None, float | None], value: float, where: str
+) -> Iterator[tuple[str, str]]:
+    low, high = limits
+    if (low is None or value >= low) and (high is None or value <= high):
+        return
+    if low is not None and high is not None:
+        yield where, f"must be between {show(low)} and {show(high)}, not {show(value)}"
+    elif low is not None:
+        yield where, f"must be at least {show(low)}, not {show(value)}"
+    else:
+        yield where, f"must be at most {show(high)}, not {show(value)}"
+
+
+# --- after -----------------------------------------------------------------------------
+
+
+def check_after_ids(
+    specs: Iterable[AgentSpec],
+    known: Collection[str],
+    label_of: Callable[[str], str],
+    problems: Problems,
+) -> None:
+    """Each id an agent's `after` names must be another agent's."""
+    for spec in specs:
+        where = f"agents.{toml_key(spec.id)}.after"
+        for other in spec.after:
+            if other == spec.id:
+                problems.add(label_of(spec.id), where, "an agent cannot come after itself")
+            elif other not in known:
+                hint = did_you_mean(other, known)
+                problems.add(label_of(spec.id), where, f"unknown agent {show(other)}{hint}")
+
+
+def cycles(specs: Mapping[str, AgentSpec]) -> Iterator[list[str]]:
+    """Each cycle in `after`, as ids from its first agent (in file order) back to it.
+
+    Cycles that share an agent are found one at a time: fixing one reveals the next.
+    """
+    order = {agent_id: i for i, agent_id in enumerate(specs)}
+    # Only agents with an `after` can be on a cycle: most of a large manifest has none,
+    # and leaving them out keeps this O(agents with after).
+    graph = {
+        spec.id: [other for other in spec.after if other in specs and other != spec.id]
+        for spec in specs.values()
+        if spec.after
+    }
+    while True:
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+            return
+        except graphlib.CycleError as e:
+            # graphlib lists each node before the ones that come after it; we name
+            # the agents the other way round, along `after`.
+            found: list[str] = list(reversed(e.args[1]))[:-1]
+        start = min(range(len(found)), key=lambda i: order[found[i]])
+        cycle = found[start:] + found[:start]
+        yield [*cycle, cycle[0]]
+        graph = {
+            node: [o for o in deps if o not in cycle]
+            for node, deps in graph.items()
+            if node not in cycle
+        }

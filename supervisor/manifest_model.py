@@ -1,0 +1,308 @@
+"""The manifest's attrs models: what a valid manifest is, and the keys as written.
+
+`AgentSpec`, `Backoff`, `Settings` and `Manifest` are what the rest of the supervisor
+sees (through `supervisor.manifest`, which re-exports them). `AgentKeys`, `Document` and
+`IncludedDocument` model the tables as a file writes them: the converter structures raw
+TOML into them, and the JSON Schema is generated from them.
+
+Each field's metadata (`_doc`) holds its description and its rules (`minimum`,
+`maximum`, `pattern`, `non_empty`), so the loader and the schema cannot disagree.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+Kind = Literal["in-process", "process"]
+RestartMode = Literal["always", "on-failure", "never"]
+ReadyMode = Literal["immediate", "notify"]
+Source = Literal["manifest", "api"]
+
+DEFAULT_API = "127.0.0.1:7070"
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+KIND_KEYS = ("entry", "command", "path")
+FOLDER_FILES = ("agent.toml", "agent.json")
+FOLDER_ENTRY = "agent:main"  # the entry of a folder that holds only an agent.py
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+ENTRY_PATTERN = rf"^{_NAME}(\.{_NAME})*:{_NAME}(\.{_NAME})*$"  # "pkg.mod:func" or "mod:obj.attr"
+# [supervisor] cluster and member; "" means "alone" and "the host name".
+CLUSTER_PATTERN = r"^(etcd://[^/,\s]+(,[^/,\s]+)*(/[A-Za-z0-9_.-]+)?/?)?$"
+MEMBER_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,252})?$"
+
+
+def _doc(text: str, **rules: Any) -> dict[str, Any]:
+    """Field metadata: the description editors show (via `json_schema`), and rules.
+
+    Rules hold for the loader and the schema alike: `minimum` and `maximum` (of a
+    number, or of each item of an array), `pattern` (of a string), `non_empty`.
+    """
+    return {"doc": text, **rules}
+
+
+# --- The resolved models: what the rest of the supervisor sees ---------------------
+
+
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """Delay before restart n: ``min(max, initial * factor**(n-1))``, ± ``jitter`` fraction."""
+
+    initial: float = attrs.field(
+        default=0.5, metadata=_doc("seconds to wait before the first restart", minimum=0)
+    )
+    max: float = attrs.field(default=30.0, metadata=_doc("longest wait, in seconds", minimum=0))
+    factor: float = attrs.field(
+        default=2.0, metadata=_doc("each further restart waits this many times longer", minimum=1)
+    )
+    jitter: float = attrs.field(
+        default=0.1,
+        metadata=_doc(
+            "random spread, as a fraction of the wait: 0.1 is ±10%", minimum=0, maximum=1
+        ),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class AgentSpec:
+    """One agent, fully resolved: what to run and how to keep it alive.
+
+    `kind` is what runs: an async callable (`entry`, imported with `root` first on the
+    import path) or a child process (`command`, in `cwd`). `path` is set for folder
+    agents only; `digest` then hashes the folder's files.
+    """
+
+    id: str
+    kind: Kind
+    entry: str | None = None
+    command: tuple[str, ...] | None = None
+    path: Path | None = None
+    root: Path
+    digest: str = ""
+    params: dict[str, Any] = attrs.field(factory=dict)
+    env: dict[str, str] = attrs.field(factory=dict)
+    cwd: Path
+    restart: RestartMode = "on-failure"
+    success_codes: tuple[int, ...] = (0,)
+    backoff: Backoff = Backoff()
+    reset_after: float = 60.0
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    ready: ReadyMode = "immediate"
+    start_timeout: float = 30.0
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+    after: tuple[str, ...] = ()
+    critical: bool = False
+    enabled: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """The `[supervisor]` table."""
+
+    api: str = attrs.field(
+        default=DEFAULT_API,
+        metadata=_doc(
+            'control API address: "HOST:PORT", "unix:/path/to.sock", or "" for no API;'
+            " --api overrides it"
+        ),
+    )
+    shutdown_timeout: float = attrs.field(
+        default=30.0, metadata=_doc("seconds for everything to stop on SIGTERM/SIGINT", minimum=0)
+    )
+    state_file: Path | None = attrs.field(
+        default=None,
+        metadata=_doc('TOML file keeping the agents loaded over the API; "" keeps them in memory'),
+    )
+    api_token_file: Path | None = attrs.field(
+        default=None, metadata=_doc("file holding the API token; $SUPERVISOR_TOKEN also sets it")
+    )
+    include: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_doc("globs relative to this file; included files hold [agents.*] tables only"),
+    )
+    cluster: str = attrs.field(
+        default="",
+        metadata=_doc(
+            'share this manifest with other supervisors through etcd: "etcd://HOST:PORT'
+            '[,HOST:PORT...][/NAMESPACE]"; "" runs alone; --cluster overrides it',
+            pattern=CLUSTER_PATTERN,
+        ),
+    )
+    member: str = attrs.field(
+        default="",
+        metadata=_doc(
+            'this supervisor\'s name in the cluster, unique there; "" is the host name;'
+            " --member overrides it",
+            pattern=MEMBER_PATTERN,
+        ),
+    )
+    lease_ttl: float = attrs.field(
+        default=10.0,
+        metadata=_doc(
+            "seconds a member that lost etcd keeps its agents' ownership; its agents stop"
+            " within half of it, and others take them over after it",
+            minimum=1,
+        ),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Manifest:
+    """A whole, valid manifest. `agents` keeps file order (included files after).
+
+    `defaults` is the `[defaults]` table as written: pass it to `agent_from_table` so
+    that agents loaded over the API get the same defaults.
+    """
+
+    path: Path
+    settings: Settings
+    agents: dict[str, AgentSpec]
+    defaults: dict[str, Any] = attrs.field(factory=dict)
+
+
+class ManifestError(Exception):
+    """The manifest is invalid. `errors` holds every located message, one per problem.
+
+    Each message names the file, the agent and the key, e.g.
+    ``agents.toml: agents.web.restart: must be one of "always", "on-failure", "never", not "sometimes"``.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# --- The keys as written -------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AgentKeys:
+    """The keys one table gives for an agent, type-checked; None means "not given here".
+
+    An agent's keys come in layers, each one structured into this model on its own so
+    that its errors name its own file: `[defaults]`, a folder's agent.toml, the
+    manifest's `[agents.ID]` table (or an API request's body).
+    """
+
+    entry: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            'in-process agent: an async callable "module:function", imported with the'
+            " manifest's folder first on the import path",
+            pattern=ENTRY_PATTERN,
+        ),
+    )
+    command: tuple[str, ...] | str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "process agent: the command line, an array or a string split like a shell;"
+            " it runs in its own process group",
+            non_empty=True,
+        ),
+    )
+    path: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "folder agent: a folder holding agent.toml or agent.json (agent keys) and its"
+            ' code; with only an agent.py, the entry is "agent:main" imported from it',
+            non_empty=True,
+        ),
+    )
+    params: dict[str, Any] | None = attrs.field(
+        default=None, metadata=_doc("free table handed to in-process agents as ctx.params")
+    )
+    env: dict[str, str] | None = attrs.field(
+        default=None, metadata=_doc("environment variables added for processes")
+    )
+    cwd: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "working directory for processes, relative to the manifest's folder; default:"
+            " the manifest's folder, or the agent's folder for a folder agent"
+        ),
+    )
+    restart: RestartMode | None = attrs.field(
+        default=None, metadata=_doc("when to restart the agent after it ends")
+    )
+    success_codes: tuple[int, ...] | None = attrs.field(
+        default=None, metadata=_doc("exit codes that are not failures", minimum=0, maximum=255)
+    )
+    backoff: Backoff | None = attrs.field(
+        default=None,
+        metadata=_doc("delay before restart n: min(max, initial * factor**(n-1)), ± jitter"),
+    )
+    reset_after: float | None = attrs.field(
+        default=None,
+        metadata=_doc("seconds of healthy running that forgive earlier failures", minimum=0),
+    )
+    max_restarts: int | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "restarts allowed within restart_window seconds; one more and the agent is failed",
+            minimum=0,
+        ),
+    )
+    restart_window: float | None = attrs.field(
+        default=None, metadata=_doc("seconds over which max_restarts counts", minimum=0)
+    )
+    ready: ReadyMode | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            '"immediate": running once launched; "notify": the agent says so, with'
+            " ctx.ready() or READY=1 on $NOTIFY_SOCKET"
+        ),
+    )
+    start_timeout: float | None = attrs.field(
+        default=None,
+        metadata=_doc("seconds to become ready; past it, the start is a failure", minimum=0),
+    )
+    stop_signal: signal.Signals | None = attrs.field(
+        default=None,
+        metadata=_doc('first signal sent to the process group on stop, e.g. "SIGTERM"'),
+    )
+    stop_timeout: float | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "seconds of grace for cleanup; then SIGKILL to the group, or a hard cancel",
+            minimum=0,
+        ),
+    )
+    after: tuple[str, ...] | None = attrs.field(
+        default=None,
+        metadata=_doc("ids that must be running before this agent starts; it stops before them"),
+    )
+    critical: bool | None = attrs.field(
+        default=None,
+        metadata=_doc("if this agent ends failed, the supervisor stops everything and exits 3"),
+    )
+    enabled: bool | None = attrs.field(default=None, metadata=_doc("false: declared but not run"))
+
+
+@attrs.frozen(kw_only=True)
+class Document:
+    """The top level of a manifest file; structured only to check its table names."""
+
+    supervisor: dict[str, Any] = attrs.field(
+        factory=dict, metadata=_doc("settings of the supervisor itself")
+    )
+    defaults: dict[str, Any] = attrs.field(
+        factory=dict,
+        metadata=_doc(
+            "keys every agent gets unless it gives its own; params and env merge key by key"
+        ),
+    )
+    agents: dict[str, Any] = attrs.field(
+        factory=dict, metadata=_doc("the agents, by id: [a-z0-9][a-z0-9_.-]{0,62}")
+    )
+
+
+@attrs.frozen(kw_only=True)
+class IncludedDocument:
+    """The top level of an included file: agents only."""
+
+    agents: dict[str, Any] = attrs.field(factory=dict, metadata=_doc("the agents, by id"))
