@@ -1,0 +1,206 @@
+"""Who can reach the control API, and who may change things through it (SPEC §6).
+
+Two rules, applied by `Guard`: when a token is set (``$SUPERVISOR_TOKEN`` or
+`api_token_file`), every route that changes anything needs ``Authorization: Bearer
+<token>``; with no token, changes are served only when the API listens where only local
+clients reach it, loopback or a unix socket. Reads need nothing.
+
+So where the API listens is part of its security, and lives here too: parsing the
+address, deciding whether it is local, and binding the socket (clearly failing, and
+replacing a unix socket left behind by a supervisor that is gone).
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import attrs
+from starlette.requests import Request
+
+from supervisor.api_errors import ApiError
+from supervisor.manifest import Settings
+
+TOKEN_ENV = "SUPERVISOR_TOKEN"
+BACKLOG = 128  # connections the kernel queues before we accept them
+
+
+class ApiConfigError(Exception):
+    """The API cannot start: a bad address, an unreadable token file, a failed bind."""
+
+
+# -- where it listens ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Listen:
+    """Where to listen: a unix socket's `path`, or `host` and `port`; and whether only
+    local clients can reach it (loopback or a unix socket)."""
+
+    local: bool
+    path: Path | None = None
+    host: str = ""
+    port: int = 0
+
+
+def parse_address(address: str) -> Listen:
+    """Parse ``"HOST:PORT"``, ``"[IPv6]:PORT"`` or ``"unix:/path"``.
+
+    Raises:
+      ApiConfigError: the address is not one of those forms.
+    """
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:")
+        if not path:
+            raise ApiConfigError(f"API address {address!r}: a unix socket needs a path")
+        return Listen(local=True, path=Path(path))
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ApiConfigError(
+            f"API address {address!r}: expected HOST:PORT (like 127.0.0.1:7070), "
+            'unix:/path/to.sock, or "" for no API'
+        )
+    return Listen(local=is_loopback(host), host=host, port=int(port))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts local connections. Other host names count as not:
+    we would have to trust the resolver to say otherwise."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(listen: Listen, address: str) -> socket.socket:
+    """A listening, non-blocking socket for `listen`.
+
+    A unix socket file left by a supervisor that is gone is replaced; one that still
+    answers is not.
+
+    Raises:
+      ApiConfigError: the address cannot be bound (in use, no permission, no such host).
+    """
+    try:
+        return _listening_socket(listen)
+    except OSError as exc:
+        raise ApiConfigError(f"API address {address}: cannot listen: {exc}") from None
+
+
+def _listening_socket(listen: Listen) -> socket.socket:
+    target: Any
+    if listen.path is not None:
+        _remove_stale_socket(listen.path)
+        family, target = socket.AF_UNIX, str(listen.path)
+    else:
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        target = (listen.host, listen.port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(target)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    if not path.is_socket():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # nobody listens: left behind by a supervisor that was killed
+            return
+    raise OSError(errno.EADDRINUSE, "another process answers on this socket")
+
+
+def bound_address(sock: socket.socket) -> str:
+    """The address `sock` is bound to, in the syntax `parse_address` reads."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}"
+
+
+# -- who may change things ----------------------------------------------------------
+
+
+def api_token(settings: Settings) -> str | None:
+    """The API token: ``$SUPERVISOR_TOKEN`` if set and not empty, else the content of
+    `api_token_file` (stripped), else None.
+
+    Raises:
+      ApiConfigError: the token file cannot be read, or holds only whitespace.
+    """
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    path = settings.api_token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiConfigError(f"api_token_file {path}: cannot read it: {exc}") from None
+    if not token:
+        raise ApiConfigError(f"api_token_file {path}: the file is empty")
+    return token
+
+
+@attrs.frozen
+class Guard:
+    """Decides whether a request may change anything.
+
+    With a token, it needs ``Authorization: Bearer <token>``. Without one, changes are
+    served only when the API listens on loopback or a unix socket (`local`).
+    """
+
+    token: str | None
+    local: bool
+    address: str
+
+    def check(self, request: Request) -> None:
+        """Raises ApiError (401, 403) unless `request` may change things."""
+        if self.token is None:
+            if not self.local:
+                raise ApiError(
+                    403,
+                    f"the API listens on {self.address} without a token, so it refuses "
+                    f"changes: set ${TOKEN_ENV} or [supervisor] api_token_file, or listen "
+                    "on 127.0.0.1 or a unix socket",
+                )
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(
+                401,
+                "this route needs Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="supervisor"'},
+            )
+        # Headers arrive as latin-1 text; compare the bytes as sent, in constant time.
+        if not hmac.compare_digest(given.strip().encode("latin-1"), self.token.encode()):
+            raise ApiError(403, "wrong token")
+
+    def note(self) -> str:
+        """How changes are treated, for the line that says where the API listens."""
+        if self.token is not None:
+            return "changes need the token"
+        if self.local:
+            return "no token: changes served to local clients only"
+        return f"no token: changes refused; set ${TOKEN_ENV} or api_token_file to allow them"
