@@ -63,16 +63,32 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 def _parse(body: bytes) -> Any:
-    """The JSON value of `body`; ApiError (400) if it is not valid JSON or holds a value
-    TOML cannot: NaN, an infinity, an integer beyond 64 bits."""
+    """The JSON value of `body`; ApiError (400) if it is not valid JSON or holds what TOML
+    cannot: NaN, an infinity, an integer beyond 64 bits, a key given twice in an object
+    (JSON would keep the last silently; the state file could not hold both)."""
     try:
-        return json.loads(body, parse_constant=_no_constant, parse_float=_finite, parse_int=_int64)
+        return json.loads(
+            body,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            parse_int=_int64,
+            object_pairs_hook=_unique_keys,
+        )
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError too
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
 
 
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, f"request body is larger than {limit} bytes ({limit // 1024} KiB)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in table:
+            raise ValueError(f"the key {key!r} is given twice")
+        table[key] = value
+    return table
 
 
 def _no_constant(name: str) -> Any:

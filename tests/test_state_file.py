@@ -33,3 +33,15 @@ async def test_a_bad_body_is_located_in_the_request_not_the_state_file(
             r = await api.http.post("/agents", json={"id": "b", "comand": "sleep 1"})
             assert r.status_code == 422
             assert any(e.startswith("request: agents.b") for e in r.json()["errors"])
+
+
+async def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_api(tmp_path) as api:
+            body = b'{"id": "m", "id": "n", "entry": "%s:idle"}' % AGENTS.encode()
+            r = await api.http.post(
+                "/agents", content=body, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 400
+            assert "the key 'id' is given twice" in r.json()["error"]
+            assert set(api.sup.slots) == {"a"}

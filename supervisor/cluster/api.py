@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 
 from supervisor import manifest as mf
 from supervisor.api import ApiError, Endpoint, Guard, _route, read_json_object
+from supervisor.api_errors import invalid
 from supervisor.cluster import Refused, Unavailable
 from supervisor.cluster.member import ClusterMember
 from supervisor.manifest import ManifestError
@@ -69,7 +70,7 @@ class ClusterRoutes:
                 known_ids=[*m.agents, *self.cluster.overlay],
             )
         except ManifestError as exc:
-            raise ApiError(422, "; ".join(exc.errors), extra={"errors": exc.errors}) from None
+            raise invalid(exc) from None
         if spec.id in m.agents:
             raise ApiError(409, f"agent {spec.id!r} is declared in {m.path}")
         if not await self._store(self.cluster.coordinator.put_overlay(spec.id, table)):
