@@ -82,9 +82,20 @@ _http_log.setLevel(logging.WARNING)
 # -- the AGENT shape ----------------------------------------------------------------
 
 
+_WALL_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("wall_offset")
+
+
 def wall_offset() -> float:
-    """Add this to a trio time to get a wall time (seconds since the epoch)."""
-    return time.time() - trio.current_time()
+    """Add this to a trio time to get a wall time (seconds since the epoch).
+
+    Taken once per run: read afresh, the two clocks' readings would make an untouched
+    agent's ``since`` wobble by a fraction of a millisecond from one answer to the next.
+    """
+    try:
+        return _WALL_OFFSET.get()
+    except LookupError:
+        _WALL_OFFSET.set(time.time() - trio.current_time())
+        return _WALL_OFFSET.get()
 
 
 def agent_json(slot: Slot, offset: float) -> dict[str, Any]:

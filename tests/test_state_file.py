@@ -45,3 +45,11 @@ async def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
             assert r.status_code == 400
             assert "the key 'id' is given twice" in r.json()["error"]
             assert set(api.sup.slots) == {"a"}
+
+
+async def test_since_is_stable_for_an_untouched_agent(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_api(tmp_path) as api:
+            first = (await api.http.get("/agents/a")).json()["since"]
+            await trio.sleep(0.01)
+            assert (await api.http.get("/agents/a")).json()["since"] == first
