@@ -1,4 +1,4 @@
-"""The API overlay's state file when it cannot be written, against a real API server."""
+"""API edge cases against a real server: the state file failing, duplicate keys, stable since."""
 
 from __future__ import annotations
 
