@@ -11,7 +11,9 @@ once, before anything runs:
 1. Each file is parsed (`read_toml`; a folder's ``agent.json`` with `json`).
 2. Each table is *structured* by one cattrs converter into an attrs model of the keys as
    written (`AgentKeys`, `Settings`, `Backoff`): unknown keys, wrong types and bad enum
-   values are found here, each error carrying the path cattrs gives it.
+   values are found here, each error carrying the path cattrs gives it. (An agent's
+   table goes the fast way first, by the same hooks into a dict of the keys it gives;
+   only a table with a problem is structured into the model, to locate it.)
 3. Rules that span keys, files or agents are checked on the structured values: limits,
    exactly one kind, folder agents, ids, and `after` naming known ids without cycles.
 
@@ -28,7 +30,7 @@ with one job, each importing only those listed before it:
 - `manifest_convert`: the strict cattrs converter (step 2);
 - `manifest_check`: problems, located, and the rules types do not say (step 3);
 - `manifest_folder`: folder agents;
-- `manifest_agents`: an agent's spec from its layers, and the agents of a manifest;
+- `manifest_agents`: an agent's spec from its layers, the agents of a manifest, `after`;
 - `manifest_schema`: the JSON Schema.
 """
 
@@ -43,11 +45,10 @@ from typing import Any
 
 import attrs
 
-from supervisor.manifest_agents import Agents, build_agent, read_defaults
+from supervisor.manifest_agents import Agents, build_agent, check_after_ids, read_defaults
 from supervisor.manifest_check import (
     Problems,
     absolute,
-    check_after_ids,
     check_id,
     file_tables,
     limit_problems,
@@ -247,7 +248,7 @@ def _settings(table: dict[str, Any], label: str, base: Path, problems: Problems)
     if settings is None:
         return Settings()
     values = {field.name: getattr(settings, field.name) for field in attrs.fields(Settings)}
-    problems.add_all(label, limit_problems(Settings, values, "supervisor"))
+    problems.add_all(label, limit_problems(Settings, values, lambda: "supervisor"))
     if not _valid_api(settings.api):
         problems.add(
             label,

@@ -2,13 +2,16 @@
 
 `Agents` gathers the agents of a manifest file by file (the manifest's `[agents.*]`,
 then each included file's), reporting ids declared twice, then checks `after` across
-all of them. `build_agent` builds one spec, as `load` and the HTTP API both need.
+all of them: each id it names is known, and there is no cycle. `build_agent` builds
+one spec, as `load` and the HTTP API both need.
 """
 
 from __future__ import annotations
 
+import graphlib
 import json
 import os
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +19,15 @@ import attrs
 
 from supervisor.manifest_check import (
     Problems,
-    check_after_ids,
+    agent_where,
     check_id,
-    cycles,
     file_tables,
     kinds_message,
     parse_toml,
     read_layer,
     read_text,
-    toml_key,
 )
+from supervisor.manifest_convert import did_you_mean, show
 from supervisor.manifest_folder import read_folder
 from supervisor.manifest_model import KIND_KEYS, AgentSpec, IncludedDocument, Kind, ManifestError
 
@@ -34,7 +36,9 @@ def read_defaults(
     table: dict[str, Any], label: str, base: Path, problems: Problems
 ) -> dict[str, Any]:
     """The validated keys of a `[defaults]` table; the kind keys have no place there."""
-    values = read_layer(table, label=label, where="defaults", base=base, problems=problems) or {}
+    values = (
+        read_layer(table, label=label, where=lambda: "defaults", base=base, problems=problems) or {}
+    )
     for key in KIND_KEYS:
         if values.pop(key, None) is not None:
             problems.add(
@@ -60,8 +64,8 @@ class Agents:
             if agent_id.startswith("x-"):
                 continue
             if agent_id in self.declared:
-                where = f"agents.{toml_key(agent_id)}"
-                self.problems.add(label, where, f"already declared in {self.declared[agent_id]}")
+                message = f"already declared in {self.declared[agent_id]}"
+                self.problems.add(label, agent_where(agent_id), message)
                 continue
             self.declared[agent_id] = label
             check_id(agent_id, label, self.problems)
@@ -95,8 +99,8 @@ class Agents:
         """Once every file is in: `after` names declared agents, without cycles."""
         specs = self.specs.values()
         check_after_ids(specs, self.declared.keys(), self.declared.__getitem__, self.problems)
-        for cycle in cycles(self.specs):
-            where = f"agents.{toml_key(cycle[0])}.after"
+        for cycle in _cycles(self.specs):
+            where = f"{agent_where(cycle[0])}.after"
             self.problems.add(self.declared[cycle[0]], where, "cycle: " + " -> ".join(cycle))
 
 
@@ -115,22 +119,26 @@ def build_agent(
     Precedence, lowest first: built-in defaults, `[defaults]`, a folder's agent.toml,
     the agent's own table.
     """
-    where = f"agents.{toml_key(agent_id)}"
-    given = [key for key in KIND_KEYS if isinstance(table, dict) and table.get(key) is not None]
+    given = (
+        [key for key in KIND_KEYS if table.get(key) is not None] if isinstance(table, dict) else []
+    )
     if len(given) != 1 and isinstance(table, dict):
-        problems.add(
-            label, where, kinds_message(given, KIND_KEYS) + _dotted_id_hint(agent_id, table)
-        )
-    own = read_layer(table, label=label, where=where, base=base, problems=problems)
+        message = kinds_message(given, KIND_KEYS) + _dotted_id_hint(agent_id, table)
+        problems.add(label, agent_where(agent_id), message)
+    # The agent's TOML path is built only if a problem is reported there.
+    own = read_layer(
+        table, label=label, where=lambda: agent_where(agent_id), base=base, problems=problems
+    )
     if own is None or len(given) != 1:
         return None
     if "path" not in own:
         return _spec(agent_id, _merge(defaults, own), root=base, digest="")
     shown = os.path.normpath(os.path.join(shown_base, own["path"]))
+    where = agent_where(agent_id)
     folder = read_folder(own["path"], shown, where=where, label=label, base=base, problems=problems)
     if folder is None:
         return None
-    values = _merge(defaults, folder.values, own)
+    values = _merge(_merge(defaults, folder.values), own)
     values["path"] = folder.path
     return _spec(agent_id, values, root=folder.path, digest=folder.digest)
 
@@ -144,21 +152,74 @@ def _dotted_id_hint(agent_id: str, table: dict[str, Any]) -> str:
     return ""
 
 
-def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win, key by key; `params` and `env` merge their own keys too."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if key in ("params", "env"):
-                # A fresh dict for each agent: agents must not share a mutable params.
-                merged[key] = {**merged.get(key, {}), **value}
-            else:
-                merged[key] = value
+def _merge(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]:
+    """`upper`'s keys over `lower`'s; `params` and `env` merge their own keys too.
+
+    The result is a fresh dict, and so are the `params` and `env` it takes from `lower`:
+    agents must not share a mutable params (`[defaults]` is every agent's lower layer).
+    """
+    merged = {**lower, **upper}
+    for key in ("params", "env"):
+        if key in lower:
+            merged[key] = {**lower[key], **upper.get(key, {})}
     return merged
 
 
 def _spec(agent_id: str, values: dict[str, Any], *, root: Path, digest: str) -> AgentSpec:
+    """The spec of an agent whose `values` are merged; `values` is the caller's to give."""
     kind: Kind = "in-process" if "entry" in values else "process"
-    return AgentSpec(
-        **{"id": agent_id, "kind": kind, "root": root, "cwd": root, "digest": digest, **values}
-    )
+    values.setdefault("cwd", root)
+    return AgentSpec(id=agent_id, kind=kind, root=root, digest=digest, **values)
+
+
+# --- after: checked across agents ----------------------------------------------------
+
+
+def check_after_ids(
+    specs: Iterable[AgentSpec],
+    known: Collection[str],
+    label_of: Callable[[str], str],
+    problems: Problems,
+) -> None:
+    """Each id an agent's `after` names must be another agent's."""
+    for spec in specs:
+        for other in spec.after:
+            if other == spec.id:
+                message = "an agent cannot come after itself"
+            elif other not in known:
+                message = f"unknown agent {show(other)}{did_you_mean(other, known)}"
+            else:
+                continue
+            problems.add(label_of(spec.id), f"{agent_where(spec.id)}.after", message)
+
+
+def _cycles(specs: Mapping[str, AgentSpec]) -> Iterator[list[str]]:
+    """Each cycle in `after`, as ids from its first agent (in file order) back to it.
+
+    Cycles that share an agent are found one at a time: fixing one reveals the next.
+    """
+    # Only agents with an `after` can be on a cycle: most of a large manifest has none,
+    # and leaving them out keeps this O(agents with after).
+    graph = {
+        spec.id: [other for other in spec.after if other in specs and other != spec.id]
+        for spec in specs.values()
+        if spec.after
+    }
+    order: dict[str, int] = {}
+    while True:
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+            return
+        except graphlib.CycleError as e:
+            # graphlib lists each node before the ones that come after it; we name
+            # the agents the other way round, along `after`.
+            found: list[str] = list(reversed(e.args[1]))[:-1]
+        order = order or {agent_id: i for i, agent_id in enumerate(specs)}
+        start = min(range(len(found)), key=lambda i: order[found[i]])
+        cycle = found[start:] + found[:start]
+        yield [*cycle, cycle[0]]
+        graph = {
+            node: [o for o in deps if o not in cycle]
+            for node, deps in graph.items()
+            if node not in cycle
+        }

@@ -3,27 +3,27 @@
 `Problems` gathers ``FILE: PATH: message`` lines while a manifest is read; structuring
 through it turns cattrs' error groups into such lines. The rest are the rules the types
 alone do not say, checked on structured values: limits from the fields' metadata,
-entries, env names, nulls, ids, one kind per agent, and `after` naming known agents
-without cycles. Reading a file is here too: its errors are located the same way.
+entries, env names, nulls, ids, one kind per agent. Reading a file is here too: its
+errors are located the same way.
 """
 
 from __future__ import annotations
 
-import graphlib
+import functools
 import json
 import os
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import attrs
 import rtoml
 from attrs import AttrsInstance
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from supervisor.manifest_convert import Invalid, converter, did_you_mean, show
-from supervisor.manifest_model import ENTRY_PATTERN, ID_PATTERN, AgentKeys, AgentSpec, ManifestError
+from supervisor.manifest_convert import Invalid, converter, did_you_mean, keys_given, show
+from supervisor.manifest_model import ENTRY_PATTERN, ID_PATTERN, AgentKeys, ManifestError
 
 T = TypeVar("T")
 A = TypeVar("A", bound=AttrsInstance)
@@ -109,11 +109,15 @@ def _located(exc: BaseException, where: str) -> Iterator[tuple[str, str]]:
 # --- Paths and names --------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def absolute(base: Path, written: str) -> Path:
     """`written` resolved against `base`, without following symlinks.
 
     Symlinks are kept as they are: a Kubernetes ConfigMap mounts files as symlinks that
     change on update, and the path must keep pointing through them.
+
+    Agents that give the same `cwd` get the same Path object, from one load to the
+    next too: it is made once, and specs compare faster on reload.
     """
     return Path(os.path.normpath(os.path.join(base, written)))
 
@@ -179,6 +183,17 @@ def file_tables(cls: type[A], doc: dict[str, Any], label: str, problems: Problem
 
 
 # --- Rules on structured values -------------------------------------------------------
+#
+# A large manifest has thousands of agents, and most have no problem: the checks below
+# test values first and build a message, and the TOML path it names, only for a
+# problem. That path is given as a `Where`, called only then.
+
+Where = Callable[[], str]
+
+
+def agent_where(agent_id: str) -> str:
+    """The TOML path of an agent's table: ``agents.web``, ``agents."api.v2"``."""
+    return f"agents.{toml_key(agent_id)}"
 
 
 _ID = re.compile(ID_PATTERN)
@@ -186,16 +201,15 @@ _ID = re.compile(ID_PATTERN)
 
 def check_id(agent_id: str, label: str, problems: Problems, hint: str = "") -> None:
     """An id must match ID_PATTERN, and not start with "x-"; `hint` ends the message."""
-    where = f"agents.{toml_key(agent_id)}"
     if agent_id.startswith("x-"):
-        problems.add(label, where, 'bad id: ids starting with "x-" are kept for tools' + hint)
+        message = 'bad id: ids starting with "x-" are kept for tools'
     elif not _ID.match(agent_id):
-        problems.add(
-            label,
-            where,
+        message = (
             'bad id: use 1 to 63 of a-z, 0-9, "_", "." and "-", starting with a letter or digit'
-            + hint,
         )
+    else:
+        return
+    problems.add(label, agent_where(agent_id), message + hint)
 
 
 def kinds_message(given: Sequence[str], allowed: Sequence[str]) -> str:
@@ -208,27 +222,31 @@ def kinds_message(given: Sequence[str], allowed: Sequence[str]) -> str:
 
 
 _AGENT_KEYS = frozenset(field.name for field in attrs.fields(AgentKeys))
+_agent_keys_given = keys_given(AgentKeys)
 
 
 def read_layer(
-    table: Any, *, label: str, where: str, base: Path, problems: Problems
+    table: Any, *, label: str, where: Where, base: Path, problems: Problems
 ) -> dict[str, Any] | None:
     """The keys `table` gives, checked, with `cwd` made absolute against `base`.
 
     None if the table cannot be structured; its problems are reported either way.
     """
-    keys = problems.structure(AgentKeys, table, label, where)
-    if keys is None:
-        return None
-    # Only the keys given here: they decide what this layer overrides. (A JSON null is
-    # taken as "not given".) `x-` keys were dropped while structuring.
-    values = {
-        key: value
-        for key in table
-        if key in _AGENT_KEYS and (value := getattr(keys, key)) is not None
-    }
-    problems.add_all(label, limit_problems(AgentKeys, values, where))
-    problems.add_all(label, _value_problems(values, where))
+    try:
+        given = _agent_keys_given(table)
+    except Exception:
+        # Again, into the model, to report every problem where it is and keep the good
+        # keys: twice the work, only for a table that has a problem.
+        keys = problems.structure(AgentKeys, table, label, where())
+        if keys is None:
+            return None
+        given = {key: getattr(keys, key) for key in table if key in _AGENT_KEYS}
+    # Only the keys given here, in their order: they decide what this layer overrides.
+    # (A JSON null is taken as "not given".) `x-` keys were dropped while structuring.
+    values = {key: value for key in table if (value := given.get(key)) is not None}
+    found = limit_problems(AgentKeys, values, where) + _value_problems(values, where)
+    if found:
+        problems.add_all(label, found)
     if "cwd" in values:
         values["cwd"] = absolute(base, values["cwd"])
     return values
@@ -237,23 +255,40 @@ def read_layer(
 _ENTRY = re.compile(ENTRY_PATTERN)
 
 
-def _value_problems(values: dict[str, Any], where: str) -> Iterator[tuple[str, str]]:
+def _value_problems(values: dict[str, Any], where: Where) -> list[tuple[str, str]]:
     """What the types alone do not say about an agent's values."""
+    found = []
     entry = values.get("entry")
     if entry is not None and not _ENTRY.match(entry):
-        yield (
-            f"{where}.entry",
-            f'must be "module:function", like "app.worker:main", not {show(entry)}',
-        )
-    for name in values.get("env", {}):
+        message = f'must be "module:function", like "app.worker:main", not {show(entry)}'
+        found.append((f"{where()}.entry", message))
+    for name in values.get("env", ()):
         if not name or "=" in name or "\0" in name:
-            yield _join(f"{where}.env", name), 'must be a variable name, without "="'
+            found.append((_join(f"{where()}.env", name), 'must be a variable name, without "="'))
     # TOML has no null: a params table from JSON with one could not be kept in a
     # state file, nor written in a manifest.
-    for path in _nulls(values.get("params", {}), f"{where}.params"):
-        yield path, "must not be null (TOML has no null; leave the key out)"
+    params = values.get("params")
+    if params and _has_null(params):
+        for path in _nulls(params, f"{where()}.params"):
+            found.append((path, "must not be null (TOML has no null; leave the key out)"))
     if values.get("path") == "":
-        yield f"{where}.path", "must not be empty"
+        found.append((f"{where()}.path", "must not be empty"))
+    return found
+
+
+def _has_null(value: Any) -> bool:
+    """Whether `value` is or holds a null; `_nulls` then says where."""
+    if isinstance(value, dict):
+        items: Iterable[Any] = value.values()
+    elif isinstance(value, list):
+        items = value
+    else:
+        return value is None
+    # A loop, not any(): no generator made for each agent's params.
+    for item in items:  # noqa: SIM110
+        if item is None or (isinstance(item, dict | list) and _has_null(item)):
+            return True
+    return False
 
 
 def _nulls(value: Any, where: str) -> Iterator[str]:
@@ -268,93 +303,59 @@ def _nulls(value: Any, where: str) -> Iterator[str]:
             yield from _nulls(item, f"{where}[{i}]")
 
 
-def limit_problems(cls: type, values: Mapping[str, Any], where: str) -> Iterator[tuple[str, str]]:
-    """Values outside the `minimum`/`maximum` in their field's metadata (items of arrays)."""
-    limits = _limits(cls)
+Limits = tuple[float | None, float | None]
+
+
+def limit_problems(cls: type, values: Mapping[str, Any], where: Where) -> list[tuple[str, str]]:
+    """Values outside the `minimum`/`maximum` in their field's metadata (items of arrays).
+
+    A value that is itself a table (`backoff`) is checked against its own fields'.
+    """
+    rules = _rules(cls)
+    found: list[tuple[str, str]] = []
+    if rules.keys().isdisjoint(values):  # most tables give no key with limits
+        return found
     for name, value in values.items():
-        if attrs.has(type(value)):
-            nested = {field.name: getattr(value, field.name) for field in attrs.fields(type(value))}
-            yield from limit_problems(type(value), nested, f"{where}.{name}")
-        elif name in limits and isinstance(value, tuple):
+        rule = rules.get(name)
+        if rule is None:
+            continue
+        if isinstance(rule, type):
+            nested = {field.name: getattr(value, field.name) for field in attrs.fields(rule)}
+            found += limit_problems(rule, nested, functools.partial(_child, where, name))
+        elif isinstance(value, tuple):
             for i, item in enumerate(value):
-                yield from _out_of(limits[name], item, f"{where}.{name}[{i}]")
-        elif name in limits:
-            yield from _out_of(limits[name], value, f"{where}.{name}")
+                if (message := _out_of(rule, item)) is not None:
+                    found.append((f"{where()}.{name}[{i}]", message))
+        elif (message := _out_of(rule, value)) is not None:
+            found.append((f"{where()}.{name}", message))
+    return found
 
 
-_limits_cache: dict[type, dict[str, tuple[float | None, float | None]]] = {}
+def _child(where: Where, name: str) -> str:
+    return f"{where()}.{name}"
 
 
-def _limits(cls: type) -> dict[str, tuple[float | None, float | None]]:
-    if cls not in _limits_cache:
-        _limits_cache[cls] = {
-            field.name: (field.metadata.get("minimum"), field.metadata.get("maximum"))
-            for field in attrs.fields(cls)
-            if "minimum" in field.metadata or "maximum" in field.metadata
-        }
-    return _limits_cache[cls]
+@functools.cache
+def _rules(cls: type) -> dict[str, Limits | type]:
+    """The fields of `cls` that have limits, or are attrs models with fields that may."""
+    attrs.resolve_types(cls)
+    rules: dict[str, Limits | type] = {}
+    for field in attrs.fields(cls):
+        nested = [t for t in (field.type, *get_args(field.type)) if attrs.has(t)]
+        if nested:
+            rules[field.name] = nested[0]
+        elif "minimum" in field.metadata or "maximum" in field.metadata:
+            rules[field.name] = (field.metadata.get("minimum"), field.metadata.get("maximum"))
+    return rules
 
 
-def _out_of(
-    limits: tuple[float | None, float | None], value: float, where: str
-) -> Iterator[tuple[str, str]]:
+def _out_of(limits: Limits, value: float) -> str | None:
+    """What is wrong with `value` if it is out of `limits`, else None."""
     low, high = limits
     if (low is None or value >= low) and (high is None or value <= high):
-        return
+        return None
     if low is not None and high is not None:
-        yield where, f"must be between {show(low)} and {show(high)}, not {show(value)}"
-    elif low is not None:
-        yield where, f"must be at least {show(low)}, not {show(value)}"
-    else:
-        yield where, f"must be at most {show(high)}, not {show(value)}"
-
-
-# --- after -----------------------------------------------------------------------------
-
-
-def check_after_ids(
-    specs: Iterable[AgentSpec],
-    known: Collection[str],
-    label_of: Callable[[str], str],
-    problems: Problems,
-) -> None:
-    """Each id an agent's `after` names must be another agent's."""
-    for spec in specs:
-        where = f"agents.{toml_key(spec.id)}.after"
-        for other in spec.after:
-            if other == spec.id:
-                problems.add(label_of(spec.id), where, "an agent cannot come after itself")
-            elif other not in known:
-                hint = did_you_mean(other, known)
-                problems.add(label_of(spec.id), where, f"unknown agent {show(other)}{hint}")
-
-
-def cycles(specs: Mapping[str, AgentSpec]) -> Iterator[list[str]]:
-    """Each cycle in `after`, as ids from its first agent (in file order) back to it.
-
-    Cycles that share an agent are found one at a time: fixing one reveals the next.
-    """
-    order = {agent_id: i for i, agent_id in enumerate(specs)}
-    # Only agents with an `after` can be on a cycle: most of a large manifest has none,
-    # and leaving them out keeps this O(agents with after).
-    graph = {
-        spec.id: [other for other in spec.after if other in specs and other != spec.id]
-        for spec in specs.values()
-        if spec.after
-    }
-    while True:
-        try:
-            graphlib.TopologicalSorter(graph).prepare()
-            return
-        except graphlib.CycleError as e:
-            # graphlib lists each node before the ones that come after it; we name
-            # the agents the other way round, along `after`.
-            found: list[str] = list(reversed(e.args[1]))[:-1]
-        start = min(range(len(found)), key=lambda i: order[found[i]])
-        cycle = found[start:] + found[:start]
-        yield [*cycle, cycle[0]]
-        graph = {
-            node: [o for o in deps if o not in cycle]
-            for node, deps in graph.items()
-            if node not in cycle
-        }
+        return f"must be between {show(low)} and {show(high)}, not {show(value)}"
+    if low is not None:
+        return f"must be at least {show(low)}, not {show(value)}"
+    return f"must be at most {show(high)}, not {show(value)}"

@@ -6,6 +6,9 @@ exactly the TOML/JSON types each field allows, and say what they expected, in an
 `Invalid` that cattrs gathers, with the failing value's path, into its error groups
 (`manifest_check.Problems` turns those into located messages).
 
+`keys_given` is the fast way for a large manifest's agents: the same hooks, into a
+plain dict of the keys a table gives, with no model instance and no error located.
+
 `plain` goes the other way: a resolved value back to JSON and TOML types.
 """
 
@@ -20,12 +23,13 @@ import types
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypedDict, Union, get_args, get_origin
 
 import attrs
 import cattrs
 from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn
+from cattrs.gen.typeddicts import make_dict_structure_fn as make_typeddict_structure_fn
 
 
 class Invalid(ValueError):
@@ -81,30 +85,41 @@ def plain(value: Any) -> Any:
 # --- The hooks: types checked strictly ------------------------------------------------
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 
 
 def _structure_scalar(cls: type) -> Callable[[Any, Any], Any]:
     name = _TYPE_NAMES[cls]
 
     def structure(value: Any, _: Any) -> Any:
-        # bool is an int to Python, not to a user; an int is fine where a float is.
-        ok = type(value) is cls or (cls is float and type(value) is int)
-        if not ok:
+        # bool is an int to Python, not to a user: the type must be exactly `cls`.
+        if type(value) is not cls:
             raise Invalid(f"must be {name}, not {show(value)}")
-        if cls is float and not math.isfinite(value):
-            raise Invalid(f"must be a finite number, not {show(value)}")
-        return float(value) if cls is float else value
+        return value
 
     return structure
 
 
-def _structure_literal(value: Any, cls: Any) -> Any:
+def _structure_float(value: Any, _: Any) -> float:
+    # An int is fine where a float is (TOML writes 10 for 10.0); a bool is not.
+    if type(value) is not float and type(value) is not int:
+        raise Invalid(f"must be a number, not {show(value)}")
+    if not math.isfinite(value):
+        raise Invalid(f"must be a finite number, not {show(value)}")
+    return float(value)
+
+
+def _literal_hook(cls: Any) -> Callable[[Any, Any], Any]:
     choices = get_args(cls)
-    if value not in choices or type(value) is not type(choices[0]):
-        shown = ", ".join(show(choice) for choice in choices)
-        raise Invalid(f"must be one of {shown}, not {show(value)}")
-    return value
+    kind = type(choices[0])
+
+    def structure(value: Any, _: Any) -> Any:
+        if type(value) is not kind or value not in choices:
+            shown = ", ".join(show(choice) for choice in choices)
+            raise Invalid(f"must be one of {shown}, not {show(value)}")
+        return value
+
+    return structure
 
 
 SIGNAL_NAMES = sorted(signal.Signals.__members__)
@@ -177,13 +192,21 @@ def _class_hook(cls: Any, converter: cattrs.Converter) -> Callable[[Any, Any], A
         cls, converter, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True
     )
 
+    known = frozenset(field.name for field in attrs.fields(cls))
+
     def structure(value: Any, _: Any) -> Any:
         if not isinstance(value, dict):
             raise Invalid(f"must be a table, not {show(value)}")
-        # `x-` keys are the tools' own, at every level: not ours to check or keep.
-        return make({key: item for key, item in value.items() if not key.startswith("x-")}, cls)
+        return make(_without_tool_keys(value, known), cls)
 
     return structure
+
+
+def _without_tool_keys(table: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """`table` without `x-` keys: they are the tools' own, at every level, not ours."""
+    if table.keys() <= known:  # most tables: no copy (10,000 agents notice)
+        return table
+    return {key: item for key, item in table.items() if not key.startswith("x-")}
 
 
 def _optional_hook(cls: Any, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
@@ -224,10 +247,11 @@ def _make_converter() -> cattrs.Converter:
     Hooks registered later win: the specific ones come last.
     """
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    for cls in (str, int, float, bool):
+    for cls in (str, int, bool):
         converter.register_structure_hook(cls, _structure_scalar(cls))
+    converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook(signal.Signals, _structure_signal)
-    converter.register_structure_hook_func(_is_literal, _structure_literal)
+    converter.register_structure_hook_factory(_is_literal, _literal_hook)
     converter.register_structure_hook_factory(_is_tuple, _tuple_hook)
     converter.register_structure_hook_factory(_is_dict, _dict_hook)
     converter.register_structure_hook_factory(attrs.has, _class_hook)
@@ -238,3 +262,29 @@ def _make_converter() -> cattrs.Converter:
 
 
 converter = _make_converter()
+
+
+def keys_given(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """A fast way to structure a table of `cls`'s keys: into a dict of the keys given.
+
+    Each value is structured by the converter's hook for its field, as when
+    structuring into `cls`, but no instance is made and no error is located: any
+    problem raises, and the caller then structures into `cls` to report where. A
+    large manifest's agents go this way, and most have no problem.
+    """
+    attrs.resolve_types(cls)
+    fields = {field.name: field.type for field in attrs.fields(cls)}
+    # The same keys as a TypedDict, which cattrs structures into a plain dict.
+    table_type: Any = TypedDict(f"{cls.__name__}Table", fields, total=False)  # type: ignore[misc]
+    make = make_typeddict_structure_fn(
+        table_type, converter, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=False
+    )
+    known = frozenset(fields)
+
+    def structure(table: Any) -> dict[str, Any]:
+        if not isinstance(table, dict):
+            raise Invalid("not a table")
+        given: dict[str, Any] = make(_without_tool_keys(table, known), table_type)
+        return given
+
+    return structure

@@ -85,7 +85,7 @@ def _folder_keys(
     except ManifestError as e:
         problems.messages.extend(e.errors)
         return None
-    values = read_layer(doc, label=label, where=where, base=file.parent, problems=problems)
+    values = read_layer(doc, label=label, where=lambda: where, base=file.parent, problems=problems)
     if values is None:
         return None
     if "path" in values:

@@ -176,6 +176,29 @@ def test_defaults_merge_params_and_env_key_by_key_and_replace_the_rest(here: Pat
     assert agents["db"].params is not web.params
 
 
+def test_agents_share_a_cwd_path_but_never_a_params(here: Path) -> None:
+    agents = loads(
+        here,
+        """
+        [defaults]
+        params = {region = "eu"}
+        env = {LANG = "C"}
+
+        [agents.a]
+        command = "a"
+        cwd = "work"
+
+        [agents.b]
+        command = "b"
+        cwd = "work"
+        """,
+    )
+    a, b = agents["a"], agents["b"]
+    assert a.cwd is b.cwd == here / "work"  # one Path object: specs compare fast
+    assert a.params == b.params == {"region": "eu"}
+    assert (a.params is not b.params, a.env is not b.env) == (True, True)
+
+
 def test_a_command_string_is_split_like_a_shell(here: Path) -> None:
     agents = loads(here, """[agents.a]\ncommand = "python3 -c 'print(1)' --flag=\\"x y\\""\n""")
     assert agents["a"].command == ("python3", "-c", "print(1)", "--flag=x y")
@@ -591,6 +614,35 @@ def test_every_error_is_reported_at_once(here: Path) -> None:
         "agents.toml: agents.web.stop_timeout: must be at least 0, not -1",
         'agents.toml: agents.db: has "entry" and "command"; give exactly one of "entry", "command" or "path"',
         'agents.toml: agents.web.after: unknown agent "nope"',
+    ]
+
+
+def test_problems_of_one_table_are_reported_in_the_order_of_its_keys(here: Path) -> None:
+    # In the order written, not the model's, whether or not a value fails to structure.
+    assert errors(
+        here,
+        """
+        [agents.web]
+        stop_timeout = -1
+        command = "web"
+        reset_after = -2
+        success_codes = [300]
+
+        [agents.db]
+        stop_timeout = -1
+        command = "db"
+        restart = "sometimes"
+        max_restarts = -3
+        x-note = "mine"
+        """,
+    ) == [
+        "agents.toml: agents.web.stop_timeout: must be at least 0, not -1",
+        "agents.toml: agents.web.reset_after: must be at least 0, not -2",
+        "agents.toml: agents.web.success_codes[0]: must be between 0 and 255, not 300",
+        'agents.toml: agents.db.restart: must be one of "always", "on-failure", "never",'
+        ' not "sometimes"',
+        "agents.toml: agents.db.stop_timeout: must be at least 0, not -1",
+        "agents.toml: agents.db.max_restarts: must be at least 0, not -3",
     ]
 
 
