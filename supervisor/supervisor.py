@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -21,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import tomli_w
 import trio
 
 from supervisor import manifest as mf
+from supervisor import statefile
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
 from supervisor.plan import Plan, plan, stop_waves
@@ -612,34 +611,18 @@ class Supervisor:
         if path is None or not path.exists():
             return
         try:
-            raw = mf.read_toml(path)
-            tables = raw.get("agents", {})
-            if not isinstance(tables, dict) or set(raw) - {"agents"}:
-                raise ManifestError([f"{path}: expected only [agents.*] tables"])
+            tables = statefile.read(path)
+            known = {**self.manifest.agents, **tables}
             for agent_id, table in tables.items():
-                if agent_id in self.manifest.agents:
-                    continue  # the manifest wins
-                known = {**self.manifest.agents, **tables}
-                self._spec_from_table(agent_id, table, known, label=str(path))
-                self.overlay[agent_id] = table
+                if agent_id not in self.manifest.agents:  # the manifest wins
+                    self._spec_from_table(agent_id, table, known, label=str(path))
+                    self.overlay[agent_id] = table
         except ManifestError as exc:
             self.overlay.clear()
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            try:
-                path.rename(aside)
-            except OSError as err:
-                log.error(
-                    "state file %s is invalid and could not be moved aside (%s); "
-                    "starting without it:\n%s",
-                    path,
-                    err,
-                    exc,
-                )
-            else:
-                log.error("state file %s is invalid, moved to %s:\n%s", path, aside, exc)
+            statefile.set_aside(path, exc)
 
     def _save_state(self) -> None:
-        """Write the overlay to `state_file` atomically: write, fsync, rename.
+        """Write the overlay to `state_file` (atomically).
 
         Raises:
           StateNotSaved: the file could not be written (nothing was replaced).
@@ -647,24 +630,9 @@ class Supervisor:
         path = self.manifest.settings.state_file
         if path is None:
             return
-        data = tomli_w.dumps({"agents": self.overlay}).encode()
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            statefile.write(path, self.overlay)
         except OSError as exc:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
             raise StateNotSaved(f"cannot write the state file {path}: {exc.strerror or exc}")
 
     def _save_state_or_log(self) -> None:
