@@ -206,21 +206,22 @@ async def _maybe_notify_socket(spec: AgentSpec) -> AsyncIterator[NotifySocket | 
 
 def _environment(
     spec: AgentSpec, notify: NotifySocket | None, keeper: Keeper | None = None
-) -> dict[str, str]:
+) -> dict[bytes, bytes]:
     """Our environment, plus the agent's, plus its own ``$NOTIFY_SOCKET`` if any, plus
     the keeper's mark (which lets the keeper find a child forked just before it was
-    registered)."""
-    env = dict(os.environ)
+    registered). As bytes: copying `os.environb` skips decoding every variable and Popen
+    encoding it back, on every spawn."""
+    env = dict(os.environb)
     # If we run under systemd ourselves, our NOTIFY_SOCKET is not the agent's to use;
     # and the API token is the operator's, not every agent's (an agent's own env may
     # still set it).
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("SUPERVISOR_TOKEN", None)
-    env.update(spec.env)
+    env.pop(b"NOTIFY_SOCKET", None)
+    env.pop(b"SUPERVISOR_TOKEN", None)
+    env.update((os.fsencode(k), os.fsencode(v)) for k, v in spec.env.items())
     if notify is not None:
-        env["NOTIFY_SOCKET"] = notify.path
+        env[b"NOTIFY_SOCKET"] = os.fsencode(notify.path)
     if keeper is not None:
-        env[MARK_VARIABLE] = keeper.mark
+        env[MARK_VARIABLE.encode()] = keeper.mark.encode()
     return env
 
 
@@ -275,7 +276,7 @@ class _Child:
         self.outcome = Outcome(error="the process was not reaped")
 
     @classmethod
-    def spawn(cls, spec: AgentSpec, env: dict[str, str]) -> _Child:
+    def spawn(cls, spec: AgentSpec, env: dict[bytes, bytes]) -> _Child:
         """Start the child in a new process group. Raises OSError/ValueError if it cannot.
 
         On failure nothing is left behind: no descriptor, and no child (one spawned
