@@ -45,7 +45,13 @@ from typing import Any
 
 import attrs
 
-from supervisor.manifest_agents import Agents, build_agent, check_after_ids, read_defaults
+from supervisor.manifest_agents import (
+    Agents,
+    Built,
+    build_agent,
+    check_after_ids,
+    read_defaults,
+)
 from supervisor.manifest_check import (
     Problems,
     absolute,
@@ -123,6 +129,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     return parse_toml(read_text(path, str(path)), str(path))
 
 
+# What the last successful `load` built, by manifest path, for the next load to reuse.
+_last_built: dict[Path, dict[str, Built]] = {}
+
+
 def load(path: Path) -> Manifest:
     """Read and validate a manifest, with its included files and folder agents.
 
@@ -140,12 +150,15 @@ def load(path: Path) -> Manifest:
     settings = _settings(tables.supervisor, label, base, problems)
     included = list(_included(settings.include, path, base, problems))
     defaults = read_defaults(tables.defaults, label, base, problems)
-    agents = Agents(base, os.path.dirname(path), defaults, problems)
+    reuse = _last_built.get(path, {})
+    agents = Agents(base, os.path.dirname(path), defaults, problems, reuse)
     agents.add_table(tables.agents, label)
     for included_path, included_label in included:
         agents.add_file(included_path, included_label)
     agents.check_after()
     problems.raise_if_any()
+    _last_built.clear()  # one manifest's worth, not one per path ever loaded
+    _last_built[path] = agents.built
     return Manifest(path=path, settings=settings, agents=agents.specs, defaults=tables.defaults)
 
 

@@ -47,16 +47,30 @@ def read_defaults(
     return values
 
 
+# What an agent's spec was built from: its table as written, and the `[defaults]` values.
+Built = tuple[Any, dict[str, Any], AgentSpec]
+
+
 @attrs.define
 class Agents:
-    """The agents of one manifest, gathered file by file, then checked together."""
+    """The agents of one manifest, gathered file by file, then checked together.
+
+    `reuse` holds what the previous load of the same manifest built, by id: an agent
+    whose table and `[defaults]` are equal to those gets the previous spec object back
+    instead of being structured and checked again (a spec is a pure function of them;
+    folder agents excepted, whose files may change behind an equal table). A reload of a
+    10,000-agent file that changes a few then costs little more than parsing it, and the
+    plan compares unchanged specs by identity. `built` is what this load hands on.
+    """
 
     base: Path
     shown_base: str  # the manifest's folder as the user wrote it, for messages
     defaults: dict[str, Any]
     problems: Problems
+    reuse: Mapping[str, Built] = attrs.Factory(dict)
     specs: dict[str, AgentSpec] = attrs.Factory(dict)
     declared: dict[str, str] = attrs.Factory(dict)  # every id seen -> its file's label
+    built: dict[str, Built] = attrs.Factory(dict)
 
     def add_table(self, agents: dict[str, Any], label: str) -> None:
         """Add the agents of one file's `[agents]` table; `label` names the file."""
@@ -69,17 +83,23 @@ class Agents:
                 continue
             self.declared[agent_id] = label
             check_id(agent_id, label, self.problems)
-            spec = build_agent(
-                agent_id,
-                table,
-                label=label,
-                base=self.base,
-                shown_base=self.shown_base,
-                defaults=self.defaults,
-                problems=self.problems,
-            )
+            before = self.reuse.get(agent_id)
+            if before is not None and before[0] == table and before[1] == self.defaults:
+                spec: AgentSpec | None = before[2]
+            else:
+                spec = build_agent(
+                    agent_id,
+                    table,
+                    label=label,
+                    base=self.base,
+                    shown_base=self.shown_base,
+                    defaults=self.defaults,
+                    problems=self.problems,
+                )
             if spec is not None:
                 self.specs[agent_id] = spec
+                if spec.path is None:
+                    self.built[agent_id] = (table, self.defaults, spec)
 
     def add_file(self, path: Path, label: str) -> None:
         """Add the agents of an included file, which may hold nothing else."""

@@ -29,10 +29,18 @@ class Plan:
 
 def plan(live: Mapping[str, AgentSpec], desired: Mapping[str, AgentSpec]) -> Plan:
     """Compute the plan that turns `live` into `desired`."""
-    start = [i for i in desired if i not in live]
+    start: list[str] = []
+    restart: list[str] = []
+    unchanged: list[str] = []
+    for agent_id, spec in desired.items():
+        old = live.get(agent_id)
+        if old is None:
+            start.append(agent_id)
+        elif old is spec or old == spec:  # a reload hands back unchanged specs as they were
+            unchanged.append(agent_id)
+        else:
+            restart.append(agent_id)
     stop = [i for i in live if i not in desired]
-    restart = [i for i in desired if i in live and live[i] != desired[i]]
-    unchanged = [i for i in desired if i in live and live[i] == desired[i]]
     return Plan(
         start=tuple(start_order(start, desired)),
         stop=tuple(i for wave in stop_waves(stop, live) for i in wave),

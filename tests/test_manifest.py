@@ -1186,3 +1186,24 @@ def test_schema_prints_the_json_schema(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "schema")
     assert done.returncode == 0
     assert json.loads(done.stdout) == json_schema()
+
+
+def test_a_reload_reuses_the_specs_of_unchanged_agents(tmp_path: Path) -> None:
+    """An unchanged agent's spec comes back as the same object (cheap to build and to
+    compare); a changed table or [defaults] builds anew; folder agents always do."""
+    (tmp_path / "bot").mkdir()
+    (tmp_path / "bot" / "agent.py").write_text("async def main(ctx): pass\n")
+    m = tmp_path / "agents.toml"
+    base = '[agents.a]\ncommand = "sleep 1"\n[agents.b]\ncommand = "sleep 2"\n'
+    m.write_text(base + '[agents.bot]\npath = "bot"\n')
+    first = load(m)
+    m.write_text(base.replace("sleep 2", "sleep 3") + '[agents.bot]\npath = "bot"\n')
+    second = load(m)
+    assert second.agents["a"] is first.agents["a"]
+    assert second.agents["b"].command == ("sleep", "3")
+    assert second.agents["bot"] is not first.agents["bot"]
+    assert second.agents["bot"] == first.agents["bot"]
+    m.write_text("[defaults]\nstop_timeout = 3.0\n" + base + '[agents.bot]\npath = "bot"\n')
+    third = load(m)
+    assert third.agents["a"] is not second.agents["a"]
+    assert third.agents["a"].stop_timeout == 3.0
