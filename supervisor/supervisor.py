@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -32,6 +33,7 @@ from supervisor.slot import Slot
 
 if TYPE_CHECKING:
     from supervisor.cluster.member import ClusterMember
+    from supervisor.keeper import Keeper
 
 TERMINATION_LOG = Path("/dev/termination-log")
 START_GROUP = 16  # a cluster member starts agents this many at a time (see _start_held)
@@ -94,8 +96,8 @@ class _Reply:
 _Op = Callable[[], Awaitable[Any]]
 
 
-def make_runner(keeper: Any = None) -> Runner:
-    """The runner that dispatches on an agent's kind."""
+def make_runner(keeper: Keeper | None = None) -> Runner:
+    """The runner that dispatches on an agent's kind; process groups go to `keeper`."""
     from supervisor.runners.inprocess import run_inprocess
     from supervisor.runners.process import run_process
 
@@ -600,7 +602,7 @@ class Supervisor:
         for slot in self.slots.values():
             if slot.pid is not None:
                 try:
-                    os.killpg(slot.pid, 9)
+                    os.killpg(slot.pid, signal.SIGKILL)
                 except OSError:
                     pass  # already gone
 
