@@ -39,6 +39,22 @@ def alive(pid: int) -> bool:
     return not stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is `pgid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
 def lines(path: Path) -> list[str]:
     try:
         return path.read_text().splitlines()

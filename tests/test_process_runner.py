@@ -27,6 +27,8 @@ from supervisor.manifest import AgentSpec
 from supervisor.runners import Outcome
 from supervisor.runners.process import LINE_LIMIT, LINES_PER_STEP, run_process
 
+from .harness import group_members
+
 AGENTS = Path(__file__).parent / "agents"
 SIGNALS_AGENT = str(AGENTS / "proc_signals.py")
 SYSTEMD_NOTIFY = "/usr/bin/systemd-notify"
@@ -55,23 +57,6 @@ class Recorder:
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         pass  # a process learns of its stop from its stop signal
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes whose process group is `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue  # gone meanwhile
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            members.append(int(entry))
-    return members
 
 
 def wait_until_gone(pgid: int, timeout: float = 2.0) -> None:
