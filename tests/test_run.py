@@ -310,3 +310,10 @@ def test_no_agent_outlives_a_supervisor_sigkilled_while_starting(
         sup.signal(signal.SIGKILL)
         sup.wait_exit()
     wait_until(lambda: not _sleeping(arg), what="every agent gone")
+
+
+def test_run_does_not_import_the_client_library() -> None:
+    """httpx (and what it pulls in) costs ~60 ms and 8 MiB; only client commands need it."""
+    code = "import sys, supervisor.cli, supervisor.run; print('httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
