@@ -42,14 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from supervisor.cluster.rendezvous import Placement  # noqa: E402
 from tests.etcd_harness import EtcdServer  # noqa: E402
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
+from tests.harness import alive  # noqa: E402
 
 
 class Sampler(threading.Thread):
