@@ -185,7 +185,7 @@ class Ours(Peer):
         if self.rev:
             self.src = self.export(self.rev)
         probe = subprocess.run(
-            [self.python, "-c", "import supervisor.supervisor"],
+            [self.python, "-c", "import supervisor.slot"],
             cwd=self.src,
             env=self.env(),
             capture_output=True,
@@ -194,7 +194,7 @@ class Ours(Peer):
         )
         if probe.returncode != 0:
             last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-            raise Unavailable(f"`import supervisor.supervisor` failed: {last}")
+            raise Unavailable(f"`import supervisor.slot` failed: {last}")
 
     def export(self, rev: str) -> Path:
         """A copy of the package as of git `rev`, so edits in progress do not disturb a run."""

@@ -13,12 +13,14 @@ import trio
 
 from supervisor import logs
 from supervisor import manifest as mf
-from supervisor.api import ApiConfigError, serve_api
+from supervisor.api.access import ApiConfigError
+from supervisor.api.serve import serve_api
 from supervisor.cluster import Joining, joining
 from supervisor.keeper import Keeper
 from supervisor.logs import log
+from supervisor.owner import Supervisor
+from supervisor.runners.dispatch import make_runner
 from supervisor.signals import handle_signals, is_pid1
-from supervisor.supervisor import Supervisor, make_runner
 from supervisor.watch import watch_manifest
 
 if TYPE_CHECKING:

@@ -20,10 +20,11 @@ from typing import Literal
 import attrs
 import trio
 
+from supervisor.core.outcome import ExitRecord, Outcome
+from supervisor.core.policy import Restart, RestartPolicy, describe, succeeded
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Source
-from supervisor.policy import Restart, RestartPolicy, describe, succeeded
-from supervisor.runners import Outcome, Runner
+from supervisor.runners import Runner
 
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
 ACTIVE: frozenset[State] = frozenset({"starting", "running", "backoff", "stopping"})
@@ -31,16 +32,6 @@ HISTORY = 10  # exits kept per slot
 
 # Given a spec, wait until everything it is `after` is up; return why it can't start, or None.
 AfterWaiter = Callable[[AgentSpec], Awaitable[str | None]]
-
-
-@attrs.frozen
-class ExitRecord:
-    """How one run ended; `at` is trio time."""
-
-    at: float
-    code: int | None = None
-    signal: int | None = None
-    error: str | None = None
 
 
 @attrs.frozen

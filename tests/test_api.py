@@ -27,18 +27,14 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import manifest as mf
-from supervisor.api import (
-    MAX_BODY,
-    OPENAPI,
-    ApiConfigError,
-    Guard,
-    build_app,
-    parse_address,
-    serve_api,
-)
+from supervisor.api.access import ApiConfigError, Guard, parse_address
+from supervisor.api.app import build_app
+from supervisor.api.body import MAX_BODY
+from supervisor.api.openapi import OPENAPI
+from supervisor.api.serve import serve_api
 from supervisor.manifest import AgentSpec
+from supervisor.owner import Supervisor
 from supervisor.runners import Hooks, Outcome, Runner
-from supervisor.supervisor import Supervisor
 from tests.agents import api_agents
 
 AGENTS = "tests.agents.api_agents"
@@ -689,14 +685,14 @@ async def test_odd_requests_never_get_a_5xx(tmp_path: Path) -> None:
 async def test_an_unexpected_exception_answers_500_as_json_and_is_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import supervisor.api
+    import supervisor.api.app
 
     def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
     with trio.fail_after(10):
         async with open_api(tmp_path) as api:
-            monkeypatch.setattr(supervisor.api, "agent_json", broken)
+            monkeypatch.setattr(supervisor.api.app, "agent_json", broken)
             r = await api.http.get("/agents/a")
             assert r.status_code == 500
             assert r.json() == {"error": "internal error: RuntimeError('a bug')"}
@@ -864,7 +860,7 @@ async def test_cancelling_the_api_lets_requests_in_flight_finish(tmp_path: Path)
 def test_agent_times_are_wall_times() -> None:
     # `since` and `last_exit.at` are trio times shifted by one offset per answer.
     async def offset() -> float:
-        from supervisor.api import wall_offset
+        from supervisor.api.agent import wall_offset
 
         return wall_offset() + trio.current_time()
 

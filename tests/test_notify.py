@@ -11,7 +11,7 @@ import stat
 import pytest
 import trio
 
-from supervisor.notify import Notification, open_notify_socket, parse
+from supervisor.runners.notify import Notification, open_notify_socket, parse
 
 
 def send(path: str, message: bytes, fds: list[int] | None = None) -> None:

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor import manifest as mf
-from supervisor.supervisor import Conflict, NotFound, Supervisor, make_runner
+from supervisor.owner import Conflict, NotFound, Supervisor
+from supervisor.runners.dispatch import make_runner
 
 from .agents import owner_agents as agents
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from supervisor.core.plan import plan, start_order, stop_waves
 from supervisor.manifest import AgentSpec
-from supervisor.plan import plan, start_order, stop_waves
 
 from .conftest import make_spec
 

@@ -7,8 +7,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from supervisor.core.policy import Restart, RestartPolicy, Stop
 from supervisor.manifest import Backoff
-from supervisor.policy import Restart, RestartPolicy, Stop
 from supervisor.runners import Outcome
 
 from .conftest import make_spec

@@ -22,7 +22,7 @@ import attrs
 import pytest
 import trio
 
-import supervisor.notify
+import supervisor.runners.notify
 from supervisor.manifest import AgentSpec
 from supervisor.runners import Outcome
 from supervisor.runners.process import LINE_LIMIT, LINES_PER_STEP, run_process
@@ -385,7 +385,7 @@ def children() -> list[int]:
 async def test_no_room_for_the_notify_socket(
     tmp_path: Path, hooks: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(supervisor.notify, "_runtime_dir", None)
+    monkeypatch.setattr(supervisor.runners.notify, "_runtime_dir", None)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     outcome = await run_process(spec(tmp_path, "true", ready="notify"), hooks)
     assert outcome.start_failed

@@ -22,19 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-import attrs
-
+from supervisor.core.outcome import Outcome
 from supervisor.manifest import AgentSpec
 
-
-@attrs.frozen(kw_only=True)
-class Outcome:
-    """How one run of an agent ended."""
-
-    code: int | None = None  # exit code; 0 for an async function that returned
-    signal: int | None = None  # the signal that killed the process
-    error: str | None = None  # exception text, or why the start failed
-    start_failed: bool = False  # the agent could not be started at all
+__all__ = ["Hooks", "Outcome", "Runner"]
 
 
 class Hooks(Protocol):

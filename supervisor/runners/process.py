@@ -4,7 +4,7 @@
 process group (pgid == pid), so a stop reaches everything it spawned; its stdin is
 /dev/null and its stdout and stderr are relayed line by line to the log, tagged with the
 agent's id. With ``ready = "notify"`` it also gets ``$NOTIFY_SOCKET`` (see
-`supervisor.notify`).
+`supervisor.runners.notify`).
 
 Spawning calls `subprocess.Popen` right in the trio loop, without trio's thread hop
 (`trio.lowlevel.open_process`). Popen takes the vfork path here (no ``preexec_fn``; the
@@ -40,8 +40,8 @@ import trio
 from supervisor.keeper import MARK_VARIABLE, Keeper
 from supervisor.logs import log, relay
 from supervisor.manifest import AgentSpec
-from supervisor.notify import NotifySocket, open_notify_socket
 from supervisor.runners import Hooks, Outcome
+from supervisor.runners.notify import NotifySocket, open_notify_socket
 
 # Output is read in chunks this large; a line longer than LINE_LIMIT is relayed in pieces
 # of LINE_LIMIT bytes, so a child that never writes a newline costs bounded memory.

@@ -45,14 +45,14 @@ from typing import Any
 
 import attrs
 
-from supervisor.manifest_agents import (
+from supervisor.manifest.agents import (
     Agents,
     Built,
     build_agent,
     check_after_ids,
     read_defaults,
 )
-from supervisor.manifest_check import (
+from supervisor.manifest.check import (
     Problems,
     absolute,
     check_id,
@@ -61,9 +61,9 @@ from supervisor.manifest_check import (
     parse_toml,
     read_text,
 )
-from supervisor.manifest_convert import plain, show
-from supervisor.manifest_folder import folder_digest, folder_id
-from supervisor.manifest_model import (
+from supervisor.manifest.convert import plain, show
+from supervisor.manifest.folder import folder_digest, folder_id
+from supervisor.manifest.model import (
     CLUSTER_PATTERN,
     DEFAULT_API,
     ENTRY_PATTERN,
@@ -84,7 +84,7 @@ from supervisor.manifest_model import (
     Settings,
     Source,
 )
-from supervisor.manifest_schema import json_schema
+from supervisor.manifest.schema import json_schema
 
 __all__ = [
     "CLUSTER_PATTERN",

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from supervisor.manifest_check import (
+from supervisor.manifest.check import (
     Problems,
     absolute,
     kinds_message,
@@ -23,8 +23,8 @@ from supervisor.manifest_check import (
     read_layer,
     read_text,
 )
-from supervisor.manifest_convert import show
-from supervisor.manifest_model import FOLDER_ENTRY, FOLDER_FILES, ManifestError
+from supervisor.manifest.convert import show
+from supervisor.manifest.model import FOLDER_ENTRY, FOLDER_FILES, ManifestError
 
 
 def folder_id(table: Any, base: Path) -> str | None:

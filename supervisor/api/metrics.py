@@ -21,7 +21,7 @@ import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from supervisor.supervisor import Supervisor
+    from supervisor.owner import Supervisor
 
 # (route template, method, status code) -> requests answered
 RequestCounts = Counter[tuple[str, str, str]]

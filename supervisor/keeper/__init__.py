@@ -26,8 +26,9 @@ Writes are a few bytes to a non-blocking pipe, far below PIPE_BUF and therefore 
 so the trio loop never waits on the keeper. If the keeper falls behind and the pipe is
 full, lines wait in memory and go out with the next write.
 
-The keeper is ``python -I -S`` running the short program below: no site, no imports
-beyond ``os`` and ``signal``, about as cheap as a Python process gets. It starts once.
+The keeper is ``python -I -S supervisor/keeper/program.py`` (see that file): no site, no
+imports beyond the standard library's smallest modules, about as cheap as a Python process
+gets; a group is killed only while a pidfd proves its leader is the process registered. It starts once.
 Under PID 1 in a container the kernel already kills everything when PID 1 dies, so the
 caller may skip it there.
 """
@@ -38,56 +39,14 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
+from supervisor.keeper.program import MARK_VARIABLE
 from supervisor.logs import log
 
-# The keeper's whole program. It reads lines until EOF; ``q`` exits quietly.
-PROGRAM = """\
-import os, signal, sys, time
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-    signal.signal(s, signal.SIG_IGN)
-groups = set()
-pending = b""
-while True:
-    chunk = os.read(0, 65536)
-    if not chunk:
-        break
-    *lines, pending = (pending + chunk).split(b"\\n")
-    for line in lines:
-        if line == b"q":
-            raise SystemExit(0)
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-# A child forked in the instant before its "+PGID" line was written is in no registered
-# group, but it carries our mark in its environment, as does anything it started. One
-# still between fork and exec shows no environment of its own yet: scan until a scan
-# finds nothing, a few times over.
-mark = b"\\0SUPERVISOR_KEEPER_MARK=" + sys.argv[2].encode() + b"\\0"
-quiet = 0
-while quiet < 3:
-    found = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                with open("/proc/" + name + "/environ", "rb") as f:
-                    marked = mark in b"\\0" + f.read()
-                if marked:
-                    os.kill(int(name), signal.SIGKILL)
-                    found += 1
-            except OSError:
-                pass
-    quiet = 0 if found else quiet + 1
-    time.sleep(0.05)
-"""
+__all__ = ["MARK_VARIABLE", "PROGRAM", "Keeper"]
 
-MARK_VARIABLE = "SUPERVISOR_KEEPER_MARK"
+PROGRAM = Path(__file__).with_name("program.py")
 
 
 class Keeper:
@@ -107,9 +66,10 @@ class Keeper:
         mark = f"{os.getpid()}-{secrets.token_hex(8)}"
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", PROGRAM, "supervisor-keeper", mark],
+                [sys.executable, "-I", "-S", str(PROGRAM), "supervisor-keeper", mark],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
+                env={},  # it needs nothing, and must not hold the API token
                 start_new_session=True,
             )
         except BaseException:

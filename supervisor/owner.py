@@ -25,15 +25,15 @@ import trio
 
 from supervisor import manifest as mf
 from supervisor import statefile
+from supervisor.core.plan import Plan, plan, stop_waves
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
-from supervisor.plan import Plan, plan, stop_waves
-from supervisor.runners import Hooks, Outcome, Runner
+from supervisor.runners import Runner
+from supervisor.runners.dispatch import make_runner
 from supervisor.slot import Slot
 
 if TYPE_CHECKING:
     from supervisor.cluster.member import ClusterMember
-    from supervisor.keeper import Keeper
 
 TERMINATION_LOG = Path("/dev/termination-log")
 START_GROUP = 16  # a cluster member starts agents this many at a time (see _start_held)
@@ -94,19 +94,6 @@ class _Reply:
 
 
 _Op = Callable[[], Awaitable[Any]]
-
-
-def make_runner(keeper: Keeper | None = None) -> Runner:
-    """The runner that dispatches on an agent's kind; process groups go to `keeper`."""
-    from supervisor.runners.inprocess import run_inprocess
-    from supervisor.runners.process import run_process
-
-    async def run_agent(spec: AgentSpec, hooks: Hooks) -> Outcome:
-        if spec.kind == "process":
-            return await run_process(spec, hooks, keeper=keeper)
-        return await run_inprocess(spec, hooks)
-
-    return run_agent
 
 
 class Supervisor:

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from supervisor.manifest_check import (
+from supervisor.manifest.check import (
     Problems,
     agent_where,
     check_id,
@@ -27,9 +27,9 @@ from supervisor.manifest_check import (
     read_layer,
     read_text,
 )
-from supervisor.manifest_convert import did_you_mean, show
-from supervisor.manifest_folder import read_folder
-from supervisor.manifest_model import KIND_KEYS, AgentSpec, IncludedDocument, Kind, ManifestError
+from supervisor.manifest.convert import did_you_mean, show
+from supervisor.manifest.folder import read_folder
+from supervisor.manifest.model import KIND_KEYS, AgentSpec, IncludedDocument, Kind, ManifestError
 
 
 def read_defaults(

@@ -10,19 +10,23 @@ the agent runs or is gone: that happens on another supervisor, maybe a moment la
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from supervisor import manifest as mf
-from supervisor.api import ApiError, Endpoint, Guard, _route, read_json_object
-from supervisor.api_errors import invalid
+from supervisor.api.access import Guard
+from supervisor.api.body import read_json_object
+from supervisor.api.errors import ApiError, invalid
+from supervisor.api.routing import Endpoint, route
 from supervisor.cluster import Refused, Unavailable
-from supervisor.cluster.member import ClusterMember
 from supervisor.manifest import ManifestError
-from supervisor.supervisor import Supervisor
+from supervisor.owner import Supervisor
+
+if TYPE_CHECKING:  # the member's etcd client (httpx) loads only in cluster mode
+    from supervisor.cluster.member import ClusterMember
 
 
 class ClusterRoutes:
@@ -117,4 +121,4 @@ def cluster_handlers(
     """A cluster member's ``POST /agents`` and ``DELETE /agents/{id}`` handlers, and
     its own routes (``GET /cluster``)."""
     routes = ClusterRoutes(sup, cluster, guard)
-    return routes.load, routes.unload, [_route("/cluster", GET=routes.view)]
+    return routes.load, routes.unload, [route("/cluster", GET=routes.view)]

@@ -22,8 +22,8 @@ import rtoml
 from attrs import AttrsInstance
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from supervisor.manifest_convert import Invalid, converter, did_you_mean, keys_given, show
-from supervisor.manifest_model import ENTRY_PATTERN, ID_PATTERN, AgentKeys, ManifestError
+from supervisor.manifest.convert import Invalid, converter, did_you_mean, keys_given, show
+from supervisor.manifest.model import ENTRY_PATTERN, ID_PATTERN, AgentKeys, ManifestError
 
 T = TypeVar("T")
 A = TypeVar("A", bound=AttrsInstance)

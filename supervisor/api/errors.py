@@ -25,7 +25,7 @@ from starlette.types import ExceptionHandler
 
 from supervisor.logs import log
 from supervisor.manifest import ManifestError
-from supervisor.supervisor import Conflict, NotFound, ShuttingDown, StartFailed
+from supervisor.owner import Conflict, NotFound, ShuttingDown, StartFailed
 
 
 class ApiError(Exception):

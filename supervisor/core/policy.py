@@ -19,8 +19,8 @@ import random
 
 import attrs
 
+from supervisor.core.outcome import Outcome
 from supervisor.manifest import AgentSpec
-from supervisor.runners import Outcome
 
 
 @attrs.frozen

@@ -15,8 +15,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import attrs
 
-from supervisor.manifest_convert import SIGNAL_NAMES, plain
-from supervisor.manifest_model import KIND_KEYS, AgentKeys, AgentSpec, Backoff, Document, Settings
+from supervisor.manifest.convert import SIGNAL_NAMES, plain
+from supervisor.manifest.model import KIND_KEYS, AgentKeys, AgentSpec, Backoff, Document, Settings
 
 # JSON Schema applies every matching patternProperties entry: keep `x-` keys out of ids.
 # (Without a lookahead, which not every editor's regex engine has.)

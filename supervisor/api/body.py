@@ -16,7 +16,7 @@ import trio
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from supervisor.api_errors import ApiError
+from supervisor.api.errors import ApiError
 
 MAX_BODY = 1024 * 1024  # bytes; larger request bodies get 413
 MAX_DEPTH = 32  # nesting levels of a request body

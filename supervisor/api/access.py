@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 from starlette.requests import Request
 
-from supervisor.api_errors import ApiError
+from supervisor.api.errors import ApiError
 from supervisor.manifest import Settings
 
 TOKEN_ENV = "SUPERVISOR_TOKEN"

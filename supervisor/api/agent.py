@@ -1,0 +1,81 @@
+"""The AGENT shape the API answers (GET /agents, events, status): a slot as JSON.
+
+Reads only: `agent_json` looks at `Slot.statistics()`, which is sync; the table of slots
+changes only between the owner's awaits, so a read here never sees it half changed.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import trio
+
+from supervisor import manifest as mf
+from supervisor.core.outcome import ExitRecord
+from supervisor.owner import Supervisor
+from supervisor.slot import Slot
+
+_WALL_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("wall_offset")
+
+
+def wall_offset() -> float:
+    """Add this to a trio time to get a wall time (seconds since the epoch).
+
+    Taken once per run: read afresh, the two clocks' readings would make an untouched
+    agent's ``since`` wobble by a fraction of a millisecond from one answer to the next.
+    """
+    try:
+        return _WALL_OFFSET.get()
+    except LookupError:
+        _WALL_OFFSET.set(time.time() - trio.current_time())
+        return _WALL_OFFSET.get()
+
+
+def agent_json(slot: Slot, offset: float) -> dict[str, Any]:
+    """The AGENT object of SPEC §6, plus ``up``, ``status`` and ``reason``."""
+    s = slot.statistics()
+    return {
+        "id": s.id,
+        "kind": s.kind,
+        "source": s.source,
+        "state": s.state,
+        "pid": s.pid,
+        "restarts": s.restarts,
+        "since": round(offset + s.since, 3),
+        "last_exit": _exit_json(s.last_exit, offset),
+        "spec": mf.spec_to_table(s.spec),
+        "up": slot.up,
+        "status": s.status,
+        "reason": s.reason,
+    }
+
+
+def _exit_json(rec: ExitRecord | None, offset: float) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    out: dict[str, Any] = {"at": round(offset + rec.at, 3)}
+    if rec.code is not None:
+        out["code"] = rec.code
+    if rec.signal is not None:
+        out["signal"] = _signal_name(rec.signal)
+    if rec.error is not None:
+        out["error"] = rec.error
+    return out
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def not_ready(sup: Supervisor) -> dict[str, str]:
+    """{id: why} for every enabled agent that is not up (running, or exited ok)."""
+    return {
+        agent_id: f"{slot.state}: {slot.reason}" if slot.reason else slot.state
+        for agent_id, slot in sup.slots.items()
+        if slot.spec.enabled and not slot.up
+    }

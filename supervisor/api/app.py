@@ -1,0 +1,157 @@
+"""The HTTP control API (docs/api.md): Starlette on hypercorn's trio worker.
+
+The API changes nothing itself. Reads (`GET /agents`, `/readyz`, `/metrics`) look at
+`Supervisor.slots` directly: they are sync, and the table only changes between the
+owner's awaits. Every change (load, unload, start, stop, restart, reload) is a request to
+the owner, which answers it; so two loads of one id race in the owner's queue, not here,
+and a client that goes away mid-request leaves the owner to finish or undo the work whole.
+
+This module is the app: the routes and their handlers. Around it (see
+`supervisor.api`): `agent` (the AGENT shape), `access` (the address, the token and the
+loopback rule), `body` (reading and checking request bodies), `errors` (every failure
+answers JSON; a request the API refuses never reaches the owner, so it changes nothing),
+`openapi`, `metrics`, `cluster` and `serve` (hypercorn).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable
+from functools import partial
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
+
+from supervisor.api.access import Guard
+from supervisor.api.agent import agent_json, not_ready, wall_offset
+from supervisor.api.body import DrainUnreadBody, read_json_object
+from supervisor.api.cluster import cluster_handlers
+from supervisor.api.errors import EXCEPTION_HANDLERS, REFUSALS, ApiError, refusal
+from supervisor.api.metrics import RequestCounts, SupervisorCollector
+from supervisor.api.openapi import OPENAPI
+from supervisor.api.routing import CountRequests, Endpoint, route
+from supervisor.owner import Supervisor
+from supervisor.slot import Slot
+
+
+class ControlApi:
+    """The route handlers, bound to one supervisor."""
+
+    def __init__(self, sup: Supervisor, guard: Guard, requests: RequestCounts) -> None:
+        self.sup = sup
+        self.guard = guard
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SupervisorCollector(sup, requests))
+
+    def routes(self) -> list[BaseRoute]:
+        load: Endpoint = self.load
+        unload: Endpoint = self.unload
+        more: list[BaseRoute] = []
+        if self.sup.cluster is not None:  # loads go to the cluster's shared overlay
+            load, unload, more = cluster_handlers(self.sup, self.sup.cluster, self.guard)
+        return [
+            route("/agents", GET=self.list_agents, POST=load),
+            route("/agents/{id}", GET=self.get_agent, DELETE=unload),
+            route("/agents/{id}/start", POST=partial(self.control, "start")),
+            route("/agents/{id}/stop", POST=partial(self.control, "stop")),
+            route("/agents/{id}/restart", POST=partial(self.control, "restart")),
+            route("/reload", POST=self.reload),
+            route("/healthz", GET=self.healthz),
+            route("/readyz", GET=self.readyz),
+            route("/metrics", GET=self.metrics),
+            route("/openapi.json", GET=self.openapi),
+            *more,
+        ]
+
+    async def list_agents(self, request: Request) -> Response:
+        offset = wall_offset()
+        return JSONResponse({"agents": [agent_json(s, offset) for s in self.sup.slots.values()]})
+
+    async def get_agent(self, request: Request) -> Response:
+        return _agent_answer(self._slot(request.path_params["id"]))
+
+    async def load(self, request: Request) -> Response:
+        self.guard.check(request)
+        table = await read_json_object(request)
+        return _agent_answer(await self._ask(self.sup.load(table)), status_code=201)
+
+    async def unload(self, request: Request) -> Response:
+        self.guard.check(request)
+        agent_id = request.path_params["id"]
+        await self._ask(self.sup.unload(agent_id))
+        return JSONResponse({"unloaded": agent_id})
+
+    async def control(self, action: str, request: Request) -> Response:
+        self.guard.check(request)
+        do = {"start": self.sup.start, "stop": self.sup.stop, "restart": self.sup.restart}
+        return _agent_answer(await self._ask(do[action](request.path_params["id"])))
+
+    async def reload(self, request: Request) -> Response:
+        self.guard.check(request)
+        result = await self._ask(self.sup.reload(wait=False))
+        failed = await self.sup.wait_started(result.started + result.restarted)
+        return JSONResponse(
+            {
+                "started": list(result.started),
+                "stopped": list(result.stopped),
+                "restarted": list(result.restarted),
+                "unchanged": list(result.unchanged),
+                "failed": failed,
+            }
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        # Answering at all proves the supervisor's trio loop is running.
+        return JSONResponse({"ok": True})
+
+    async def readyz(self, request: Request) -> Response:
+        waiting = not_ready(self.sup)
+        if waiting:
+            return JSONResponse({"ready": False, "not_ready": waiting}, status_code=503)
+        return JSONResponse({"ready": True, "not_ready": {}})
+
+    async def metrics(self, request: Request) -> Response:
+        # Negotiated like prometheus-client's own handlers: OpenMetrics when asked for.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(self.registry), headers={"content-type": content_type})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    def _slot(self, agent_id: str) -> Slot:
+        slot = self.sup.slots.get(agent_id)
+        if slot is None:
+            raise ApiError(404, f"no agent {agent_id!r}")
+        return slot
+
+    async def _ask(self, request: Awaitable[Any]) -> Any:
+        """Await a request to the owner, translating its refusals into answers."""
+        try:
+            return await request
+        except REFUSALS as exc:
+            raise refusal(exc) from None
+
+
+def _agent_answer(slot: Slot, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(agent_json(slot, wall_offset()), status_code=status_code)
+
+
+def build_app(sup: Supervisor, guard: Guard) -> ASGIApp:
+    """The ASGI app for `sup`, refusing changes as `guard` says."""
+    requests: RequestCounts = Counter()
+    api = ControlApi(sup, guard, requests)
+    routes = api.routes()
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(CountRequests, routes=routes, counts=requests)],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    # Outside Starlette's own error handling, so that a 500 answer drains too.
+    return DrainUnreadBody(app)

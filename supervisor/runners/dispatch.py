@@ -1,0 +1,25 @@
+"""The runner for every kind: dispatch on an agent's kind to the runner that starts it.
+
+To add a kind: a runner module beside this one keeping the contract in
+`supervisor.runners`, a branch here, and the kind's key in `supervisor.manifest.model`.
+"""
+
+from __future__ import annotations
+
+from supervisor.core.outcome import Outcome
+from supervisor.keeper import Keeper
+from supervisor.manifest import AgentSpec
+from supervisor.runners import Hooks, Runner
+from supervisor.runners.inprocess import run_inprocess
+from supervisor.runners.process import run_process
+
+
+def make_runner(keeper: Keeper | None = None) -> Runner:
+    """The runner that dispatches on an agent's kind; process groups go to `keeper`."""
+
+    async def run_agent(spec: AgentSpec, hooks: Hooks) -> Outcome:
+        if spec.kind == "process":
+            return await run_process(spec, hooks, keeper=keeper)
+        return await run_inprocess(spec, hooks)
+
+    return run_agent
