@@ -62,7 +62,7 @@ def lines(path: Path) -> list[str]:
         return []
 
 
-class Supervisor:
+class SupervisorProcess:
     """A `supervisor run MANIFEST` subprocess whose stdout goes to a file."""
 
     def __init__(
@@ -112,7 +112,7 @@ class Supervisor:
             self.proc.wait()
         self._log.close()
 
-    def __enter__(self) -> Supervisor:
+    def __enter__(self) -> SupervisorProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

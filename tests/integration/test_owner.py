@@ -24,7 +24,7 @@ from supervisor import manifest as mf
 from supervisor.owner import Conflict, NotFound, Supervisor
 from supervisor.runners.dispatch import make_runner
 
-from .agents import owner_agents as agents
+from ..agents import owner_agents as agents
 
 IDS = ["a", "b", "c", "d"]
 ENTRY = "tests.agents.owner_agents:main"

@@ -33,7 +33,7 @@ from supervisor.manifest import (
     spec_to_table,
 )
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 
 
 @pytest.fixture

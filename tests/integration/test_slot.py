@@ -16,7 +16,7 @@ from supervisor.manifest import AgentSpec, Backoff
 from supervisor.runners import Hooks, Outcome
 from supervisor.slot import Slot
 
-from .conftest import make_spec
+from ..conftest import make_spec
 
 NO_JITTER = Backoff(initial=1.0, factor=2.0, max=8.0, jitter=0.0)
 

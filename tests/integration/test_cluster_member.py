@@ -18,7 +18,7 @@ from supervisor.cluster.coordinator import Batch, Change, Holder, Lease, Snapsho
 from supervisor.cluster.member import ClusterMember
 from supervisor.cluster.rendezvous import owner
 
-from .conftest import make_spec
+from ..conftest import make_spec
 
 TTL = 6.0
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from .harness import Supervisor, alive, lines, wait_until
+from ..harness import SupervisorProcess, alive, lines, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_reload_touches_only_what_changed(tmp_path: Path) -> None:
     m = tmp_path / "agents.toml"
     agents = {n: recorder(tmp_path, n) for n in ("keep", "change", "drop")}
     write(m, agents)
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         pids = {n: running_pid(tmp_path, n) for n in agents}
         agents["change"]["env"] = {"V": "2"}
         del agents["drop"]
@@ -87,7 +87,7 @@ def test_reload_touches_only_what_changed(tmp_path: Path) -> None:
 def test_invalid_manifest_on_reload_changes_nothing(tmp_path: Path) -> None:
     m = tmp_path / "agents.toml"
     write(m, {"a": recorder(tmp_path, "a")})
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         pid = running_pid(tmp_path, "a")
         m.write_text('[agents.a]\ncommand = ["true"]\nrestart = "sometimes"\n')
         sup.signal(signal.SIGHUP)
@@ -102,7 +102,7 @@ def test_sighup_storm_converges_to_last_file(tmp_path: Path) -> None:
     m = tmp_path / "agents.toml"
     agent = recorder(tmp_path, "a")
     write(m, {"a": agent})
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         running_pid(tmp_path, "a")
         for version in range(2, 31):
             agent["env"] = {"V": str(version)}
@@ -126,7 +126,7 @@ def test_watch_sees_a_configmap_symlink_swap(tmp_path: Path) -> None:
     write(vol / "..2026_01" / "agents.toml", {"a": recorder(tmp_path, "a")})
     (vol / "..data").symlink_to("..2026_01")
     (vol / "agents.toml").symlink_to("..data/agents.toml")
-    with Supervisor(vol / "agents.toml", "--watch") as sup:
+    with SupervisorProcess(vol / "agents.toml", "--watch") as sup:
         pid = running_pid(tmp_path, "a")
         (vol / "..2026_02").mkdir()
         agents = {"a": recorder(tmp_path, "a"), "b": recorder(tmp_path, "b")}
@@ -149,7 +149,7 @@ def test_ordered_start_and_reverse_stop(tmp_path: Path) -> None:
         "cache": recorder(tmp_path, "cache", notify=True),
     }
     write(m, agents)
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         for name in agents:
             running_pid(tmp_path, name)
         sup.wait_log("web: running")
@@ -168,7 +168,7 @@ def test_critical_failure_exits_3_and_stops_the_rest(tmp_path: Path) -> None:
             "db": {"command": ["sh", "-c", "exit 7"], "critical": True, "restart": "never"},
         },
     )
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         assert sup.wait_exit() == 3
         assert "critical agent 'db' failed: exited with code 7" in sup.output()
     assert all(not alive(pid) for pid, _ in starts(tmp_path, "other"))
@@ -181,7 +181,7 @@ def test_sigterm_stops_gracefully_and_a_second_kills(tmp_path: Path) -> None:
         "stop_timeout": 60.0,
     }
     write(m, {"stubborn": stubborn, "a": recorder(tmp_path, "a")}, shutdown_timeout=120.0)
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         pid = wait_until(lambda: lines(tmp_path / "pid") and int(lines(tmp_path / "pid")[0]))
         running_pid(tmp_path, "a")
         sup.signal(signal.SIGTERM)
@@ -197,7 +197,7 @@ def test_no_agent_outlives_a_sigkilled_supervisor(tmp_path: Path) -> None:
     m = tmp_path / "agents.toml"
     script = f"sleep 100000 & echo $! >> {tmp_path}/pids; echo $$ >> {tmp_path}/pids; wait"
     write(m, {"a": {"command": ["sh", "-c", script]}})
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         pids = wait_until(lambda: len(lines(tmp_path / "pids")) == 2 and lines(tmp_path / "pids"))
         sup.signal(signal.SIGKILL)
         sup.wait_exit()
@@ -208,7 +208,7 @@ def test_hundred_reloads_restart_only_the_changed_agent(tmp_path: Path) -> None:
     m = tmp_path / "agents.toml"
     agents = {n: recorder(tmp_path, n) for n in ("a", "b", "c")}
     write(m, agents)
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         pids = {n: running_pid(tmp_path, n) for n in ("a", "b")}
         for version in range(2, 102):
             agents["c"]["env"] = {"V": str(version)}
@@ -242,7 +242,7 @@ def test_pid1_reaps_orphans_and_keeps_exit_codes(tmp_path: Path) -> None:
         },
     )
     prefix = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child"]
-    with Supervisor(m, prefix=prefix) as sup:
+    with SupervisorProcess(m, prefix=prefix) as sup:
         sup.wait_log("three: failed (exited with code 3; gave up after 3 restarts", timeout=20)
         assert sup.output().count("exited with code 3") >= 4
         assert "exited with code 0" not in sup.output()
@@ -305,7 +305,7 @@ def test_no_agent_outlives_a_supervisor_sigkilled_while_starting(
     arg = f"{200000 + os.getpid() % 1000 * 10 + round_}"
     m = tmp_path / "agents.toml"
     write(m, {f"s{i}": {"command": ["sleep", arg]} for i in range(40)})
-    with Supervisor(m) as sup:
+    with SupervisorProcess(m) as sup:
         wait_until(lambda: len(_sleeping(arg)) >= 3 + 3 * round_, what="some agents started")
         sup.signal(signal.SIGKILL)
         sup.wait_exit()

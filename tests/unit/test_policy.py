@@ -11,7 +11,7 @@ from supervisor.core.policy import Restart, RestartPolicy, Stop
 from supervisor.manifest import Backoff
 from supervisor.runners import Outcome
 
-from .conftest import make_spec
+from ..conftest import make_spec
 
 CRASH = Outcome(code=1)
 CLEAN = Outcome(code=0)

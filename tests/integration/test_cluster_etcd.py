@@ -16,7 +16,7 @@ import trio
 from supervisor.cluster import Compacted, Unavailable, parse_cluster_address
 from supervisor.cluster.coordinator import Batch, Change, EtcdCoordinator, Holder
 
-from .etcd_harness import EtcdServer, PausableProxy, free_port, needs_etcd
+from ..etcd_harness import EtcdServer, PausableProxy, free_port, needs_etcd
 
 pytestmark = needs_etcd
 _namespaces = itertools.count()

@@ -17,9 +17,9 @@ import pytest
 
 from supervisor.keeper import Keeper
 
-from .harness import alive, group_members, wait_until
+from ..harness import alive, group_members, wait_until
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 # A supervisor stand-in: starts a keeper and two groups, registers both, unregisters
 # the second, prints "KEEPER GUARDED UNGUARDED" and waits to be killed.

@@ -27,9 +27,9 @@ from supervisor.manifest import AgentSpec
 from supervisor.runners import Outcome
 from supervisor.runners.process import LINE_LIMIT, LINES_PER_STEP, run_process
 
-from .harness import group_members
+from ..harness import group_members
 
-AGENTS = Path(__file__).parent / "agents"
+AGENTS = Path(__file__).parents[1] / "agents"
 SIGNALS_AGENT = str(AGENTS / "proc_signals.py")
 SYSTEMD_NOTIFY = "/usr/bin/systemd-notify"
 

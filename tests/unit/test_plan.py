@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from supervisor.core.plan import plan, start_order, stop_waves
 from supervisor.manifest import AgentSpec
 
-from .conftest import make_spec
+from ..conftest import make_spec
 
 IDS = [f"a{i}" for i in range(8)]
 

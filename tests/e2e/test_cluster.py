@@ -22,8 +22,8 @@ import tomli_w
 
 from supervisor.cluster.rendezvous import Placement
 
-from .etcd_harness import EtcdServer, PausableProxy, needs_etcd
-from .harness import Supervisor, alive, lines, wait_until
+from ..etcd_harness import EtcdServer, PausableProxy, needs_etcd
+from ..harness import SupervisorProcess, alive, lines, wait_until
 
 pytestmark = [needs_etcd, pytest.mark.slow]
 
@@ -104,12 +104,12 @@ class Cluster:
         self.ids = ids
         self.manifest = write_manifest(folder, ids)
         self.namespace = f"t{next(_namespaces)}"
-        self.members: dict[str, Supervisor] = {}
+        self.members: dict[str, SupervisorProcess] = {}
         self.sockets = Path(tempfile.mkdtemp(prefix="sv-cl-"))
 
-    def start(self, name: str, etcd_address: str | None = None) -> Supervisor:
+    def start(self, name: str, etcd_address: str | None = None) -> SupervisorProcess:
         address = f"etcd://{etcd_address or self.etcd.address}/{self.namespace}"
-        sup = Supervisor(
+        sup = SupervisorProcess(
             self.manifest,
             *("--api", f"unix:{self.sockets / name}.sock"),
             *("--cluster", address, "--member", name),

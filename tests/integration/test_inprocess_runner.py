@@ -26,7 +26,7 @@ from supervisor.manifest import AgentSpec
 from supervisor.runners import Outcome
 from supervisor.runners.inprocess import run_inprocess
 
-from .conftest import make_spec
+from ..conftest import make_spec
 
 _module_numbers = itertools.count()
 
@@ -544,7 +544,7 @@ async def test_a_folder_entry_named_like_a_library_module_is_refused(
 
 # --- The guide's examples ----------------------------------------------------------------
 
-GUIDE = Path(__file__).parent.parent / "docs" / "agents.md"
+GUIDE = Path(__file__).parents[2] / "docs" / "agents.md"
 
 
 def guide_examples() -> list[str]:

@@ -24,7 +24,7 @@ import pytest
 
 from supervisor import cli
 
-from .harness import Supervisor, wait_until
+from ..harness import SupervisorProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -69,11 +69,11 @@ def _no_outside_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def start_supervisor(
     tmp_path: Path, sock: Path, manifest: str = MANIFEST, env: dict[str, str] | None = None
-) -> Supervisor:
+) -> SupervisorProcess:
     path = tmp_path / "agents.toml"
     if not path.exists():
         path.write_text(manifest)
-    sup = Supervisor(path, "--api", f"unix:{sock}", env=env)
+    sup = SupervisorProcess(path, "--api", f"unix:{sock}", env=env)
     # The socket file appears once it listens. (Probing with connects before that would
     # trip over httpcore leaking the socket of a failed unix connect.)
     wait_until(sock.exists, what="the API's socket")
