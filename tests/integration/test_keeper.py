@@ -115,3 +115,78 @@ def test_close_is_idempotent(keeper: Keeper) -> None:
     keeper.close()
     keeper.close()
     keeper.register(1234)  # after close: ignored, never raises
+
+
+# A stand-in that starts a keeper and a marked child it never registers (as a
+# supervisor killed between fork and the "+PGID" line would leave it), prints both pids.
+UNREGISTERED = """\
+import os, subprocess, sys, time
+from supervisor.keeper import MARK_VARIABLE, Keeper
+keeper = Keeper.start()
+env = dict(os.environ, **{MARK_VARIABLE: keeper.mark})
+child = subprocess.Popen(["sleep", "1000"], process_group=0, env=env)
+print(keeper.pid, child.pid, flush=True)
+time.sleep(1000)
+"""
+
+# A stand-in that registers a group whose leader has already exited while a member
+# (unmarked) lives on: the keeper cannot prove the number still names that group.
+LEADER_GONE = """\
+import subprocess, sys, time
+from supervisor.keeper import Keeper
+keeper = Keeper.start()
+leader = subprocess.Popen(["sh", "-c", "sleep 1000 & echo $!"], process_group=0,
+                          stdout=subprocess.PIPE, text=True)
+member = int(leader.stdout.readline())
+leader.wait()
+keeper.register(leader.pid)
+print(keeper.pid, member, flush=True)
+time.sleep(1000)
+"""
+
+
+def run_stand_in(program: str) -> tuple[subprocess.Popen[str], int, int]:
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert stand_in.stdout is not None
+    keeper_pid, child = map(int, stand_in.stdout.readline().split())
+    return stand_in, keeper_pid, child
+
+
+def test_a_marked_child_never_registered_dies_with_the_supervisor() -> None:
+    stand_in, keeper_pid, child = run_stand_in(UNREGISTERED)
+    try:
+        assert alive(child)
+        stand_in.kill()
+        stand_in.wait()
+        wait_until(lambda: not alive(child), what="the unregistered marked child killed")
+        wait_until(lambda: not alive(keeper_pid))
+    finally:
+        assert stand_in.stdout is not None
+        stand_in.stdout.close()
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_group_whose_leader_is_gone_is_not_killed_by_number() -> None:
+    stand_in, keeper_pid, member = run_stand_in(LEADER_GONE)
+    try:
+        stand_in.kill()
+        stand_in.wait()
+        wait_until(lambda: not alive(keeper_pid), what="the keeper done")
+        # The leader's pidfd showed it had exited, so the keeper did not killpg a number
+        # that could name another group by now; the member has no mark, so it lives.
+        assert alive(member)
+    finally:
+        assert stand_in.stdout is not None
+        stand_in.stdout.close()
+        if alive(member):
+            os.kill(member, signal.SIGKILL)
+
+
+def test_the_keeper_does_not_inherit_the_api_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPERVISOR_TOKEN", "secret")
+    with Keeper.start() as keeper:
+        wait_until(lambda: Path(f"/proc/{keeper.pid}/cmdline").read_bytes().count(b"\0") > 3)
+        assert b"SUPERVISOR_TOKEN" not in Path(f"/proc/{keeper.pid}/environ").read_bytes()
