@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -28,15 +28,12 @@ from supervisor import statefile
 from supervisor.core.plan import Plan, plan, stop_waves
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
+from supervisor.placement import LocalPlacement, Placement
 from supervisor.runners import Runner
 from supervisor.runners.dispatch import make_runner
 from supervisor.slot import Slot
 
-if TYPE_CHECKING:
-    from supervisor.cluster.member import ClusterMember
-
 TERMINATION_LOG = Path("/dev/termination-log")
-START_GROUP = 16  # a cluster member starts agents this many at a time (see _start_held)
 # Manifests larger than this are read in a worker thread: parsing 10,000 agents takes
 # ~100 ms that the loop should not be blocked for; small ones are not worth the hop.
 BIG_MANIFEST = 256 * 1024
@@ -102,16 +99,19 @@ class Supervisor:
     Args:
       manifest: the validated manifest it starts with.
       runner: runs one agent once; `make_runner()` unless testing a fake kind.
-      cluster: this supervisor's cluster membership, if it shares the manifest with
-        others: then it runs only the agents placed on it, each while it holds the
-        agent's ownership key (see `supervisor.cluster`).
+      placement: which agents run here and when they may start (`supervisor.placement`):
+        `LocalPlacement` (all, always) unless this supervisor shares the manifest with
+        others (`supervisor.cluster.placement.ClusterPlacement`).
     """
 
     def __init__(
-        self, manifest: Manifest, runner: Runner | None = None, cluster: ClusterMember | None = None
+        self,
+        manifest: Manifest,
+        runner: Runner | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.manifest = manifest
-        self.cluster = cluster
+        self.placement: Placement = placement or LocalPlacement()
         self.slots: dict[str, Slot] = {}
         self.overlay: dict[str, dict[str, Any]] = {}  # API agents: their tables, as sent
         self.exit_code = 0
@@ -133,10 +133,10 @@ class Supervisor:
         """Start the manifest's agents, serve requests until shutdown; return the exit code."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self.cluster is None:  # a member starts agents once it has joined
+            if self.placement.shared_overlay is None:
                 self._load_state_file()
-                desired, sources = self._desired(self.manifest)
-                self._apply_starts(plan({}, desired).start, desired, sources)
+            desired, sources = self._desired(self.manifest)
+            await self._converge(desired, sources)  # no checkpoint with nothing to stop
             task_status.started()
             async for op, reply in self._recv:
                 try:
@@ -234,58 +234,52 @@ class Supervisor:
             reply.set(result)
 
     async def _converge(self, desired: dict[str, AgentSpec], sources: Mapping[str, Source]) -> Plan:
-        """Apply `plan(live, desired)`; return the plan as applied.
+        """Apply `plan(live, desired)` over the agents placed here; return it as applied.
 
-        In a cluster, only over the agents placed on this member, and around the
-        ownership keys: stop, then release; claim, then start (see `_claim_and_release`).
+        Around the placement (`supervisor.placement`): stop, then `settle` (which
+        releases what the stopped agents held and acquires what the starts need), then
+        start what it allows. A slot whose last start the placement refused is launched
+        again when it now may start.
         """
-        if self.cluster is not None:
-            desired = self.cluster.mine(desired)
+        placed = self.placement.placed(desired)
         live = {i: s.spec for i, s in self.slots.items()}
-        p = plan(live, desired)
+        p = plan(live, placed)
         await self._stop_slots(p.stop + p.restart)
         for agent_id in p.stop:
             del self.slots[agent_id]
         for agent_id in p.unchanged:
             self.slots[agent_id].source = sources[agent_id]
-        if self.cluster is None:
-            self._apply_starts(p.start + p.restart, desired, sources)
-            return p
-        p = await self._claim_and_release(p)
-        await self._start_held(p.start + p.restart, desired, sources)
+        p = await self.placement.settle(p)
+        await self._start_allowed(p.start + p.restart, placed, sources)
+        self._relaunch_refused(p.unchanged)
         return p
 
-    async def _claim_and_release(self, p: Plan) -> Plan:
-        """Release the keys of the agents `p` stopped; claim those of the agents it starts.
-
-        Returns `p` keeping only the starts and restarts whose keys are held (the
-        caller checks again right before each start).
-        """
-        assert self.cluster is not None
-        self.cluster.release(p.stop)
-        await self.cluster.claim(p.start)
-        held = self.cluster.holds
-        return attrs.evolve(
-            p,
-            start=tuple(i for i in p.start if held(i)),
-            restart=tuple(i for i in p.restart if held(i)),
-        )
-
-    async def _start_held(
+    async def _start_allowed(
         self, ids: tuple[str, ...], desired: Mapping[str, AgentSpec], sources: Mapping[str, Source]
     ) -> None:
-        """Start the agents of `ids` whose ownership keys are held, a group at a time.
+        """Start the agents of `ids` that may start, `placement.start_group` at a time.
 
-        Each group is checked against `cluster.holds` with no await before it starts, so
-        a lease lost meanwhile (which empties `held` at once) starts nothing more. The
-        checkpoint between groups keeps the loop, and with it the lease's refreshes,
-        responsive: a few hundred spawns in one go stall it for about a millisecond each.
+        Each group is checked with `may_start` with no await before it starts; the
+        checkpoint between groups keeps the loop responsive (see `supervisor.placement`).
         """
-        assert self.cluster is not None
-        for first in range(0, len(ids), START_GROUP):
-            group = ids[first : first + START_GROUP]
-            self._apply_starts(tuple(filter(self.cluster.holds, group)), desired, sources)
+        group = self.placement.start_group
+        if group <= 0:
+            self._apply_starts(ids, desired, sources)
+            return
+        may_start = self.placement.may_start
+        for first in range(0, len(ids), group):
+            allowed = tuple(i for i in ids[first : first + group] if may_start(i) is None)
+            self._apply_starts(allowed, desired, sources)
             await trio.lowlevel.checkpoint()
+
+    def _relaunch_refused(self, ids: tuple[str, ...]) -> None:
+        """Launch again the unchanged slots whose last start was refused, if now allowed."""
+        assert self._nursery is not None
+        for agent_id in ids:
+            slot = self.slots[agent_id]
+            refused = slot.refused is not None and not slot.active and slot.spec.enabled
+            if refused and self.placement.may_start(agent_id) is None:
+                slot.launch(self._nursery)
 
     def request_reconcile(self) -> None:
         """Converge again to the manifest already loaded (no file read): the cluster's
@@ -335,10 +329,13 @@ class Supervisor:
 
     def _desired(self, m: Manifest) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
         """The manifest's agents plus the API overlay's (the manifest wins an id)."""
-        if self.cluster is not None:  # the overlay is the cluster's, shared in etcd
-            known = {**m.agents, **self.cluster.overlay}
-            return self.cluster.desired(
-                m.agents, lambda agent_id, table: self._spec_from_table(agent_id, table, known)
+        shared = self.placement.shared_overlay
+        if shared is not None:  # e.g. the cluster's, in etcd: loads are not ours to keep
+            known = {**m.agents, **shared}
+            return _shared_desired(
+                m.agents,
+                shared,
+                lambda agent_id, table: self._spec_from_table(agent_id, table, known),
             )
         desired = dict(m.agents)
         sources: dict[str, Source] = dict.fromkeys(desired, "manifest")
@@ -398,6 +395,7 @@ class Supervisor:
             source=source,
             wait_after=self._wait_after,
             on_change=self._on_slot_change,
+            may_start=self.placement.may_start,
         )
         self.slots[spec.id] = slot
         if spec.enabled:
@@ -531,8 +529,9 @@ class Supervisor:
 
     async def _do_start(self, agent_id: str) -> Slot:
         slot = self._get(agent_id)
-        if self.cluster is not None and not self.cluster.holds(agent_id):
-            raise Conflict(f"agent {agent_id!r}: this member lost its cluster lease; retry later")
+        why = self.placement.may_start(agent_id)
+        if why is not None:
+            raise Conflict(f"agent {agent_id!r} may not start here now: {why}; retry later")
         if not slot.active:
             assert self._nursery is not None
             slot.launch(self._nursery)
@@ -630,3 +629,27 @@ class Supervisor:
             self._save_state()
         except StateNotSaved as exc:
             log.error("%s; it will not reflect the last change", exc)
+
+
+def _shared_desired(
+    agents: Mapping[str, AgentSpec],
+    overlay: Mapping[str, dict[str, Any]],
+    spec: Callable[[str, dict[str, Any]], AgentSpec],
+) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
+    """The manifest's `agents` plus a shared overlay's, each made a spec by `spec`.
+
+    The manifest wins an id. An overlay entry invalid here is left out with a warning
+    rather than refused: another supervisor wrote it, and it must not keep this one from
+    converging.
+    """
+    desired = dict(agents)
+    sources: dict[str, Source] = dict.fromkeys(desired, "manifest")
+    for agent_id, table in overlay.items():
+        if agent_id in desired:
+            continue
+        try:
+            desired[agent_id] = spec(agent_id, table)
+            sources[agent_id] = "api"
+        except ManifestError as exc:
+            log.warning("shared overlay: %s left out: %s", agent_id, "; ".join(exc.errors))
+    return desired, sources

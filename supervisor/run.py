@@ -25,6 +25,7 @@ from supervisor.watch import watch_manifest
 
 if TYPE_CHECKING:
     from supervisor.cluster.member import ClusterMember
+    from supervisor.placement import Placement
 
 EXIT_OK, EXIT_INVALID, EXIT_CRITICAL = 0, 2, 3
 
@@ -82,7 +83,8 @@ async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None)
     # As PID 1 the kernel kills the whole PID namespace when we die: no keeper needed.
     keeper = None if is_pid1() else _start_keeper()
     cluster = None if join is None else _member(join)
-    sup = Supervisor(m, make_runner(keeper), cluster)
+    placement = None if cluster is None else _placement(cluster)
+    sup = Supervisor(m, make_runner(keeper), placement)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(
@@ -93,7 +95,7 @@ async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None)
                 lambda: {s.pid for s in sup.slots.values() if s.pid is not None},
             )
             if address:
-                await nursery.start(serve_api, sup, address)
+                await nursery.start(serve_api, sup, address, cluster)
             if cluster is not None:  # cancelled after sup.run(): agents stop, then it leaves
                 await nursery.start(cluster.run, sup.request_reconcile, sup.fence)
             if watch:
@@ -119,6 +121,12 @@ def _member(join: Joining) -> ClusterMember:
     from supervisor.cluster.member import ClusterMember  # an HTTP client: only when needed
 
     return ClusterMember.connect(join)
+
+
+def _placement(cluster: ClusterMember) -> Placement:
+    from supervisor.cluster.placement import ClusterPlacement
+
+    return ClusterPlacement(cluster)
 
 
 def _start_keeper() -> Keeper | None:

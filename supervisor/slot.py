@@ -32,6 +32,8 @@ HISTORY = 10  # exits kept per slot
 
 # Given a spec, wait until everything it is `after` is up; return why it can't start, or None.
 AfterWaiter = Callable[[AgentSpec], Awaitable[str | None]]
+# Given an agent id, whether it may start right now: None, or why not (supervisor.placement).
+MayStart = Callable[[str], str | None]
 
 
 @attrs.frozen
@@ -61,6 +63,9 @@ class Slot:
       source: where the agent was declared.
       wait_after: waits for the agents this one is `after` before its first start.
       on_change: called after every state change (sync, must not block).
+      may_start: asked right before every start, the first and each restart (sync, no
+        await between it and the runner): None, or why not; then the slot ends
+        ``stopped`` with that reason and `refused` set (see `supervisor.placement`).
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class Slot:
         source: Source = "manifest",
         wait_after: AfterWaiter | None = None,
         on_change: Callable[[Slot], None] | None = None,
+        may_start: MayStart | None = None,
     ) -> None:
         self.spec = spec
         self.source: Source = source
@@ -88,6 +94,8 @@ class Slot:
         self._runner = runner
         self._wait_after = wait_after
         self._on_change = on_change
+        self._may_start = may_start
+        self.refused: str | None = None  # why the last start was not allowed (may_start)
         self._scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None  # while the life task runs
         # During an attempt: its start timer (a deadline scope around the runner), and
@@ -122,6 +130,7 @@ class Slot:
         assert not self.active, f"{self.spec.id} launched twice"
         self._scope = trio.CancelScope()
         self._done = trio.Event()
+        self.refused = None
         self._set("starting", "")
         nursery.start_soon(self._run, name=f"slot:{self.spec.id}")
 
@@ -220,6 +229,11 @@ class Slot:
                 return
         policy = RestartPolicy(self.spec)
         while True:
+            why = None if self._may_start is None else self._may_start(self.spec.id)
+            if why is not None:
+                self.refused = why
+                self._set("stopped", f"not started: {why}")
+                return
             self._set("starting", "")
             outcome, ran_for = await self._attempt()
             now = trio.current_time()

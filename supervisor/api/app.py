@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Awaitable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -40,13 +40,23 @@ from supervisor.api.routing import CountRequests, Endpoint, route
 from supervisor.owner import Supervisor
 from supervisor.slot import Slot
 
+if TYPE_CHECKING:  # the member's etcd client (httpx) loads only in cluster mode
+    from supervisor.cluster.member import ClusterMember
+
 
 class ControlApi:
     """The route handlers, bound to one supervisor."""
 
-    def __init__(self, sup: Supervisor, guard: Guard, requests: RequestCounts) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        guard: Guard,
+        requests: RequestCounts,
+        cluster: ClusterMember | None = None,
+    ) -> None:
         self.sup = sup
         self.guard = guard
+        self.cluster = cluster
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SupervisorCollector(sup, requests))
 
@@ -54,8 +64,8 @@ class ControlApi:
         load: Endpoint = self.load
         unload: Endpoint = self.unload
         more: list[BaseRoute] = []
-        if self.sup.cluster is not None:  # loads go to the cluster's shared overlay
-            load, unload, more = cluster_handlers(self.sup, self.sup.cluster, self.guard)
+        if self.cluster is not None:  # loads go to the cluster's shared overlay
+            load, unload, more = cluster_handlers(self.sup, self.cluster, self.guard)
         return [
             route("/agents", GET=self.list_agents, POST=load),
             route("/agents/{id}", GET=self.get_agent, DELETE=unload),
@@ -143,10 +153,11 @@ def _agent_answer(slot: Slot, status_code: int = 200) -> JSONResponse:
     return JSONResponse(agent_json(slot, wall_offset()), status_code=status_code)
 
 
-def build_app(sup: Supervisor, guard: Guard) -> ASGIApp:
-    """The ASGI app for `sup`, refusing changes as `guard` says."""
+def build_app(sup: Supervisor, guard: Guard, cluster: ClusterMember | None = None) -> ASGIApp:
+    """The ASGI app for `sup`, refusing changes as `guard` says (`cluster`: its
+    membership, if it is a cluster member)."""
     requests: RequestCounts = Counter()
-    api = ControlApi(sup, guard, requests)
+    api = ControlApi(sup, guard, requests, cluster)
     routes = api.routes()
     app = Starlette(
         routes=routes,

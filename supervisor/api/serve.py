@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config, Sockets
@@ -16,6 +17,9 @@ from supervisor.api.app import build_app
 from supervisor.logs import log
 from supervisor.owner import Supervisor
 
+if TYPE_CHECKING:  # the member's etcd client (httpx) loads only in cluster mode
+    from supervisor.cluster.member import ClusterMember
+
 GRACE = 3.0  # seconds requests in flight get to finish when the API stops
 
 # hypercorn's own messages ("Running on ...") repeat ours; keep its warnings and errors.
@@ -24,9 +28,16 @@ _http_log.setLevel(logging.WARNING)
 
 
 async def serve_api(
-    sup: Supervisor, address: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    sup: Supervisor,
+    address: str,
+    cluster: ClusterMember | None = None,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control API for `sup` on `address` until cancelled.
+
+    With `cluster` (this supervisor's membership), loads and unloads go to the
+    cluster's shared overlay, and ``GET /cluster`` is served (`supervisor.api.cluster`).
 
     Calls ``task_status.started(bound)`` once listening, with the address actually bound
     in the same syntax (``"127.0.0.1:43125"`` for ``"127.0.0.1:0"``, ``"unix:/run/s.sock"``).
@@ -41,7 +52,7 @@ async def serve_api(
     """
     listen = parse_address(address)
     guard = Guard(token=api_token(sup.manifest.settings), local=listen.local, address=address)
-    app = build_app(sup, guard)
+    app = build_app(sup, guard, cluster)
     sock = bind(listen, address)
     stop = trio.Event()
     # The server runs shielded so that a cancel reaches it as a graceful stop (`stop`),

@@ -35,7 +35,7 @@ from supervisor.cluster.coordinator import (
 )
 from supervisor.cluster.rendezvous import Placement, placement_keys
 from supervisor.logs import log
-from supervisor.manifest import AgentSpec, ManifestError, Source
+from supervisor.manifest import AgentSpec
 
 CLAIMS_AT_ONCE = 32  # concurrent calls to the store for claims and releases
 LEAVE_WITHIN = 1.0  # seconds a leaving member spends revoking its lease
@@ -99,27 +99,6 @@ class ClusterMember:
         self._keys = placement_keys({i: spec.after for i, spec in desired.items()})
         owner = self.placement.owner
         return {i: spec for i, spec in desired.items() if owner(self._keys[i]) == self.name}
-
-    def desired(
-        self, agents: Mapping[str, AgentSpec], spec: Callable[[str, dict[str, Any]], AgentSpec]
-    ) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
-        """The manifest's `agents` plus the shared overlay's, each made a spec by `spec`.
-
-        The manifest wins an id. An overlay entry invalid here is left out with a
-        warning rather than refused: another member wrote it, and it must not keep this
-        one from converging.
-        """
-        desired = dict(agents)
-        sources: dict[str, Source] = dict.fromkeys(desired, "manifest")
-        for agent_id, table in self.overlay.items():
-            if agent_id in desired:
-                continue
-            try:
-                desired[agent_id] = spec(agent_id, table)
-                sources[agent_id] = "api"
-            except ManifestError as exc:
-                log.warning("cluster overlay: %s left out: %s", agent_id, "; ".join(exc.errors))
-        return desired, sources
 
     def holds(self, agent_id: str) -> bool:
         """Whether this member may run `agent_id` now: it holds its key on a live lease."""

@@ -1,0 +1,130 @@
+"""The placement seam: the owner starts only what its placement places and allows.
+
+A placement with a switch decides; the agents are a fake kind (a runner that counts its
+starts and crashes after a second) under trio's MockClock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from supervisor import manifest as mf
+from supervisor.core.outcome import Outcome
+from supervisor.core.plan import Plan
+from supervisor.manifest import AgentSpec
+from supervisor.owner import Conflict, Supervisor
+from supervisor.placement import LocalPlacement, Placement
+from supervisor.runners import Hooks
+
+
+class Switch:
+    """A placement: agents in `here` are placed here; those in `allowed` may start."""
+
+    start_group = 2
+
+    def __init__(self, here: set[str], allowed: set[str]) -> None:
+        self.here = here
+        self.allowed = allowed
+        self.asked: list[str] = []
+        self.settled: list[Plan] = []
+
+    @property
+    def shared_overlay(self) -> Mapping[str, dict[str, Any]] | None:
+        return None
+
+    def placed(self, desired: Mapping[str, AgentSpec]) -> Mapping[str, AgentSpec]:
+        return {i: s for i, s in desired.items() if i in self.here}
+
+    async def settle(self, p: Plan) -> Plan:
+        self.settled.append(p)
+        await trio.lowlevel.checkpoint()
+        return p
+
+    def may_start(self, agent_id: str) -> str | None:
+        self.asked.append(agent_id)
+        return None if agent_id in self.allowed else "not allowed here"
+
+
+class Crashing:
+    """A runner: ready at once, crashes after a second; counts starts by id."""
+
+    def __init__(self) -> None:
+        self.starts: dict[str, int] = {}
+
+    async def __call__(self, spec: AgentSpec, hooks: Hooks) -> Outcome:
+        self.starts[spec.id] = self.starts.get(spec.id, 0) + 1
+        hooks.launched(None)
+        hooks.ready()
+        await trio.sleep(1)
+        return Outcome(code=1)
+
+
+def _manifest(tmp_path: Path, ids: list[str]) -> mf.Manifest:
+    path = tmp_path / "agents.toml"
+    body = "".join(
+        f'[agents.{i}]\nentry = "x:y"\nrestart = "always"\nbackoff = {{ initial = 5.0, jitter = 0.0 }}\n'
+        for i in ids
+    )
+    path.write_text(body)
+    return mf.load(path)
+
+
+def test_the_local_placement_places_everything_and_allows_every_start() -> None:
+    placement: Placement = LocalPlacement()
+    assert placement.placed({"a": "spec"}) == {"a": "spec"}  # type: ignore[dict-item]
+    assert placement.may_start("a") is None
+    assert placement.shared_overlay is None
+    assert placement.start_group == 0
+
+
+async def test_only_placed_agents_start_and_a_restart_after_backoff_asks_first(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    switch = Switch(here={"a", "b", "c"}, allowed={"a", "b", "c"})
+    runner = Crashing()
+    sup = Supervisor(_manifest(tmp_path, ["a", "b", "c", "elsewhere"]), runner, switch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        assert set(sup.slots) == {"a", "b", "c"}  # "elsewhere" is not placed here
+        await trio.sleep(0.5)
+        assert runner.starts == {"a": 1, "b": 1, "c": 1}
+        switch.allowed.discard("b")  # e.g. the lease is lost while b backs off
+        switch.asked.clear()
+        await trio.sleep(6)  # crashed at 1 s, restart due at 6 s
+        assert "b" in switch.asked  # asked right before the restart, not only at placement
+        assert runner.starts["a"] == 2
+        assert runner.starts["b"] == 1
+        b = sup.slots["b"]
+        assert (b.state, b.reason, b.refused) == (
+            "stopped",
+            "not started: not allowed here",
+            "not allowed here",
+        )
+        with pytest.raises(Conflict, match="not allowed here"):
+            await sup.start("b")
+        switch.allowed.add("b")
+        sup.request_reconcile()  # allowed again: the reconcile launches it again
+        await trio.sleep(0.5)
+        assert sup.slots["b"].state == "running"
+        assert runner.starts["b"] == 2
+        sup.request_shutdown()
+
+
+async def test_starts_go_in_groups_each_checked_right_before_it_starts(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    ids = [f"a{n}" for n in range(5)]
+    switch = Switch(here=set(ids), allowed=set(ids) - {"a3"})
+    sup = Supervisor(_manifest(tmp_path, ids), Crashing(), switch)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        assert set(sup.slots) == set(ids) - {"a3"}  # a3 refused before a slot was made
+        assert switch.settled
+        assert switch.settled[0].start == tuple(ids)
+        sup.request_shutdown()
