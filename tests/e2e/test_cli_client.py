@@ -23,6 +23,8 @@ import httpx
 import pytest
 
 from supervisor import cli
+from supervisor.cli.client import api_address
+from supervisor.cli.table import format_duration, format_table
 
 from ..harness import SupervisorProcess, wait_until
 
@@ -296,10 +298,10 @@ def test_a_corrupt_state_file_is_reported_and_set_aside(
 def test_the_api_address_comes_from_the_option_then_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert cli._api_address(None) == "127.0.0.1:7070"
+    assert api_address(None) == "127.0.0.1:7070"
     monkeypatch.setenv("SUPERVISOR_API", "unix:/run/s.sock")
-    assert cli._api_address(None) == "unix:/run/s.sock"
-    assert cli._api_address("10.0.0.1:80") == "10.0.0.1:80"
+    assert api_address(None) == "unix:/run/s.sock"
+    assert api_address("10.0.0.1:80") == "10.0.0.1:80"
 
 
 @pytest.mark.parametrize(
@@ -307,7 +309,7 @@ def test_the_api_address_comes_from_the_option_then_the_environment(
     [(0, "0s"), (59.9, "59s"), (60, "1m00s"), (187, "3m07s"), (7500, "2h05m"), (273600, "3d04h")],
 )
 def test_durations_read_like_ps(seconds: float, shown: str) -> None:
-    assert cli.format_duration(seconds) == shown
+    assert format_duration(seconds) == shown
 
 
 def test_the_status_table() -> None:
@@ -325,8 +327,21 @@ def test_the_status_table() -> None:
             "spec": {}, "up": False, "status": "", "reason": "gave up after 5 restarts",
         },
     ]  # fmt: skip
-    assert cli.format_table(agents, now=now).splitlines() == [
+    assert format_table(agents, now=now).splitlines() == [
         "ID                KIND        STATE    PID  RESTARTS  UPTIME  LAST EXIT                                         NOTE",
         "web               process     running  42   2         1m15s   SIGKILL, 1m20s ago                                serving",
         "worker-long-name  in-process  failed   -    5         -       ValueError: xxxxxxxxxxxxxxxxxxxxxxxxxxx…, 5s ago  gave up after 5 restarts",
     ]  # fmt: skip
+
+
+def test_ids_are_quoted_whole(tmp_path: Path, sock: Path, client: Client) -> None:
+    """`supervisor start '../reload?'` asks for that agent, not for a reload."""
+    with start_supervisor(tmp_path, sock) as sup:
+        for command in ("start", "stop", "restart", "status"):
+            ran = client(command, "../reload?", "--api", f"unix:{sock}")
+            assert ran.returncode == 1, (command, ran)
+            assert ran.stderr.startswith("supervisor: no "), ran.stderr
+        metrics = request(sock, "GET", "/metrics").text
+        assert 'supervisor_reloads_total{result="ok"} 0.0' in metrics
+        sup.signal(signal.SIGTERM)
+        assert sup.wait_exit() == 0

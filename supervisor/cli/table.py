@@ -1,0 +1,57 @@
+"""The `supervisor status` table: one aligned row per agent, durations like `ps`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_COLUMNS = ("ID", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT", "NOTE")
+
+
+def format_table(agents: list[dict[str, Any]], *, now: float) -> str:
+    """The agents as an aligned text table; `now` is the wall time uptimes end at."""
+    rows = [_COLUMNS, *(_row(a, now) for a in agents)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
+    return "\n".join(
+        "  ".join(
+            [*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _row(agent: dict[str, Any], now: float) -> tuple[str, ...]:
+    running = agent["state"] == "running"
+    return (
+        agent["id"],
+        agent["kind"],
+        agent["state"] if agent.get("spec", {}).get("enabled", True) else "disabled",
+        "-" if agent["pid"] is None else str(agent["pid"]),
+        str(agent["restarts"]),
+        format_duration(now - agent["since"]) if running else "-",
+        _last_exit(agent["last_exit"], now),
+        (agent.get("status") if running else agent.get("reason")) or "",
+    )
+
+
+def _last_exit(last: dict[str, Any] | None, now: float) -> str:
+    if last is None:
+        return "-"
+    if "error" in last:
+        how = last["error"] if len(last["error"]) <= 40 else last["error"][:39] + "…"
+    elif "signal" in last:
+        how = str(last["signal"])
+    else:
+        how = f"code {last.get('code')}"
+    return f"{how}, {format_duration(now - last['at'])} ago"
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m07s``, ``2h05m``, ``3d04h``: two units at most, like `ps`."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
