@@ -96,6 +96,11 @@ class Peer:
     def reload(self, agents: dict[str, str]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def cli(self, action: str, agent_id: str) -> list[str] | None:
+        """The command line a user types for `action` ("status", "start", "stop", "logs")
+        on `agent_id`, or None if this peer has no such command."""
+        return None
+
     # -- shared ----------------------------------------------------------------------------
     def prepare(self, label: str, agents: dict[str, str]) -> None:
         self.dir = WORK / f"{self.name}-{label}"
@@ -178,6 +183,7 @@ class Ours(Peer):
         self.port = 0
         self.manifest = WORK / "agents.toml"
         self.last_reload: Any = None
+        self._has_logs: bool | None = None
 
     def setup(self) -> None:
         if not Path(self.python).exists():
@@ -274,6 +280,30 @@ class Ours(Peer):
         self.port = free_port()
         super().prepare(label, agents)
 
+    def cli(self, action: str, agent_id: str) -> list[str] | None:
+        base = [self.python, "-m", "supervisor"]
+        api = ["--api", f"127.0.0.1:{self.port}"]
+        if action == "status":
+            return [*base, "status", *api]
+        if action in ("start", "stop"):
+            return [*base, action, *api, agent_id]
+        if action == "logs" and self.has_logs_command():
+            return [*base, "logs", *api, agent_id]
+        return None
+
+    def has_logs_command(self) -> bool:
+        """Whether this revision has `supervisor logs` (it came with the observe work)."""
+        if self._has_logs is None:
+            probe = subprocess.run(
+                [self.python, "-m", "supervisor", "logs", "--help"],
+                cwd=self.src,
+                env=self.env(),
+                capture_output=True,
+                timeout=60,
+            )
+            self._has_logs = probe.returncode == 0
+        return self._has_logs
+
     def reload(self, agents: dict[str, str]) -> dict[str, Any]:
         self.write(agents)
         try:
@@ -367,6 +397,16 @@ class Supervisord(Peer):
 
     def command(self) -> list[str]:
         return [str(self.venv / "bin" / "supervisord"), "-n", "-c", str(self.conf)]
+
+    def cli(self, action: str, agent_id: str) -> list[str] | None:
+        ctl = [str(self.venv / "bin" / "supervisorctl"), "-c", str(self.conf)]
+        if action == "status":
+            return [*ctl, "status"]
+        if action in ("start", "stop"):
+            return [*ctl, action, agent_id]
+        if action == "logs":
+            return [*ctl, "tail", agent_id]
+        return None
 
     def ctl(self, *args: str) -> str:
         out = subprocess.run(

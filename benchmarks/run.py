@@ -57,6 +57,11 @@ ROWS = [
     Row("pss_mib@{}", "  PSS (shared pages split)", "MiB"),
     Row("idle_cpu_ms@{}", "idle CPU, N={}", "ms/10s", "0"),
     Row("idle_wakeups@{}", "idle wake-ups (vol. ctx switches)", "/10s", "0"),
+    Row("cli_status@{}", "CLI `status` (all agents), N={}", "ms", "500: < 100 ms"),
+    Row("cli_start@{}", "CLI `start ID`", "ms", "500: < 100 ms"),
+    Row("cli_stop@{}", "CLI `stop ID`", "ms", "500: < 100 ms"),
+    Row("cli_logs@{}", "CLI `logs ID` (supervisorctl: `tail`)", "ms", "500: < 100 ms"),
+    Row("python_floor@{}", "  floor: `python -c pass`", "ms"),
     Row("reload@{}", "reload 10% of {} -> converged", "s", "500: < 0.5 s"),
     Row("reload_answer@{}", "  reload command returned", "s"),
     Row("reload_unchanged_restarted@{}", "  unchanged agents restarted", "count", "0"),
@@ -67,7 +72,7 @@ ROWS = [
     Row("inproc_slot_kib", "  memory per slot", "KiB", "< 10 KiB"),
     Row("inproc_reload", "  reload 10% -> converged", "s", "< 0.3 s"),
     Row("inproc_unchanged_restarted", "  unchanged agents touched", "count", "0"),
-    Row("inproc_shutdown", "  shutdown", "s"),
+    Row("inproc_shutdown", "  shutdown", "s", "< 1 s"),
     Row("empty_ready", "ours, empty manifest: launch -> ready", "s"),
     Row("empty_rss_mib", "ours, empty manifest: RSS", "MiB"),
 ]
@@ -88,6 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--crashes", type=int, help="crashes per session (default 25; quick 6)")
     p.add_argument("--idle-seconds", type=float, help="idle CPU window (default 10; quick 1.5)")
+    p.add_argument("--cli-reps", type=int, help="runs of each CLI command (default 20; quick 5)")
     p.add_argument(
         "--python",
         default=str(peers.REPO / ".venv" / "bin" / "python"),
@@ -122,6 +128,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.inproc = a.inproc if a.inproc is not None else (2000 if quick else 10000)
     a.crashes = a.crashes or (6 if quick else 25)
     a.idle_seconds = a.idle_seconds or (1.5 if quick else 10.0)
+    a.cli_reps = a.cli_reps if a.cli_reps is not None else (5 if quick else 20)
     a.peer_names = [x.strip() for x in a.peers.split(",") if x.strip()]
     return a
 
@@ -195,6 +202,7 @@ class Bench:
             idle_seconds=args.idle_seconds,
             idle_n=max(args.ns),
             settle=0.5 if args.quick else 1.0,
+            cli_reps=args.cli_reps,
         )
 
     # -- setup ---------------------------------------------------------------------------
@@ -216,6 +224,10 @@ class Bench:
                 peer.setup()
                 if isinstance(peer, peers.Ours):
                     probe_ours(peer)
+                    if not peer.has_logs_command():
+                        self.notes.append(
+                            "ours: no `supervisor logs` in this revision: not measured"
+                        )
                     rev = self.args.ours_rev
                     exported = peer.src.name.removeprefix("src-")
                     self.versions[name] = (
@@ -258,6 +270,9 @@ class Bench:
                 spawn = min(scenarios.floor_spawn_sleep(n) for _ in range(3))
                 self.record(f"floor_spawn@{n}", "floor", spawn)
                 round_values: dict[str, dict[str, float]] = {"floor": {"start": floor}}
+                if n == self.cfg.idle_n and self.args.cli_reps:
+                    py = scenarios.python_floor(self.args.python, self.args.cli_reps)
+                    self.record(f"python_floor@{n}", "floor", py)
                 for peer in order:
                     log(f"  {peer.name} N={n} ...")
                     t = time.perf_counter()
@@ -268,6 +283,7 @@ class Bench:
                         idle=n == self.cfg.idle_n,
                         crashes=min(a.crashes, n - 1),
                         reload=peer.can_reload,
+                        cli=n == self.cfg.idle_n,
                     )
                     self.record_session(peer, n, s)
                     round_values[peer.name] = s.values
@@ -361,6 +377,40 @@ class Bench:
         add(f"10% reload of {big} processes converged < 0.5 s", _fmt(o, "s"), _lt(o, 0.5))
         o = ours(f"reload_unchanged_restarted@{big}")
         add("unchanged agents restarted by a reload: 0", _fmt(o, ""), None if o is None else o == 0)
+        o = ours("inproc_shutdown")
+        add(f"shutdown of {n} in-process agents < 1 s", _fmt(o, "s"), _lt(o, 1.0))
+        for action in ("status", "start", "stop", "logs"):
+            o = ours(f"cli_{action}@{big}")
+            sd = peer(f"cli_{action}@{big}", "supervisord")
+            vs = f" (supervisorctl {_fmt(sd and sd * 1e3, 'ms')})" if sd is not None else ""
+            measured = _fmt(o and o * 1e3, "ms") + vs if o is not None else "not measured"
+            add(f"CLI `supervisor {action}` < 100 ms at {big}", measured, _lt(o, 0.1))
+        return out
+
+    def headline(self, med: dict[str, dict[str, float]]) -> list[str]:
+        """The ratios first: ours against supervisord and against the floors, per round."""
+        big = max(self.args.ns)
+        out: list[str] = []
+
+        def line(label: str, value: float | None, target: str) -> None:
+            if value is not None:
+                out.append(f"{label:<46} {value:8.2f}x   {target}")
+
+        line(f"start of {big}: supervisord / ours", self.ratio(f"start@{big}"), "target >= 5x")
+        line(
+            f"start of {big}: ours / serial spawn floor",
+            self.ratio(f"start_over_floor@{big}"),
+            "target <= 2x",
+        )
+        line(f"shutdown of {big}: supervisord / ours", self.ratio(f"shutdown@{big}"), "")
+        line(f"RSS at {big}: supervisord / ours", self.ratio(f"rss_mib@{big}"), "target > 1x")
+        line(f"PSS at {big}: supervisord / ours", self.ratio(f"pss_mib@{big}"), "")
+        line(
+            f"crash -> running p50 at {big}: supervisord / ours", self.ratio(f"crash_p50@{big}"), ""
+        )
+        line(f"reload 10% of {big}: supervisord / ours", self.ratio(f"reload@{big}"), "")
+        for action in ("status", "start", "stop", "logs"):
+            line(f"CLI {action}: supervisorctl / ours", self.ratio(f"cli_{action}@{big}"), "")
         return out
 
     def ratio(self, key: str) -> float | None:
@@ -411,6 +461,7 @@ class Bench:
             "ratios_meaning": "METRIC@N: supervisord / ours; start_over_floor@N: ours / floor",
             "samples": {k: dict(v) for k, v in self.samples.items()},
             "targets": self.targets(med),
+            "headline": self.headline(med),
             "table": self.table(med),
             "notes": self.notes,
             "errors": dict(self.errors),
@@ -463,6 +514,9 @@ def render(rows: list[list[str]]) -> str:
 
 
 def report(res: dict[str, Any]) -> None:
+    for line in res.get("headline", []):
+        print(line)
+    print()
     print(render(res["table"]))
     print()
     for t in res["targets"]:
@@ -488,6 +542,7 @@ def rerender(args: argparse.Namespace) -> int:
         bench.ratios[key] = values
     med = bench.medians()
     res["table"], res["targets"] = bench.table(med), bench.targets(med)
+    res["headline"] = bench.headline(med)
     print(f"{res['command']}  ({res['when']}, commit {res['machine'].get('commit', '?')})\n")
     report(res)
     return 0

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ class Config:
     start_timeout: float = 300.0
     reload_timeout: float = 600.0
     shutdown_timeout: float = 120.0
+    cli_reps: int = 20
 
 
 @dataclass
@@ -156,6 +158,59 @@ def measure_crashes(watch: procfs.AgentWatch, n: int, k: int) -> list[float]:
     return out
 
 
+CLI_ACTIONS = ("status", "stop", "start", "logs")
+
+
+def measure_cli(
+    peer: peers.Peer, agents: list[str], reps: int
+) -> tuple[dict[str, float], list[str]]:
+    """Wall time of the control commands a user types, each run `reps` times: medians.
+
+    `stop` and `start` alternate on distinct agents (each stopped agent is started again);
+    `status` lists every agent. Returns ({"cli_ACTION": median seconds}, errors).
+    """
+    times: dict[str, list[float]] = {a: [] for a in CLI_ACTIONS}
+    errors: list[str] = []
+    env = peer.env()
+
+    def timed(action: str, agent_id: str) -> None:
+        argv = peer.cli(action, agent_id)
+        if argv is None:
+            return
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            argv, env=env, cwd=peer.dir, capture_output=True, timeout=120, check=False
+        )
+        elapsed = time.perf_counter() - t0
+        # status exits 1 while an agent is not up: an answer all the same
+        if done.returncode not in (0, 1) or (action != "status" and done.returncode != 0):
+            err = (done.stderr or done.stdout).decode(errors="replace").strip()[-200:]
+            errors.append(f"{action} {agent_id}: exit {done.returncode}: {err}")
+            return
+        times[action].append(elapsed)
+
+    step = max(1, len(agents) // max(1, reps))
+    picks = [agents[(i * step + 3) % len(agents)] for i in range(reps)]
+    for agent_id in picks:
+        timed("stop", agent_id)
+        timed("start", agent_id)
+    for agent_id in picks:
+        timed("status", agent_id)
+        timed("logs", agent_id)
+    values = {f"cli_{a}": statistics.median(ts) for a, ts in times.items() if ts}
+    return values, errors[:5]
+
+
+def python_floor(python: str, reps: int) -> float:
+    """The median wall time of `python -c pass`: what any Python CLI pays before its code."""
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", "pass"], check=True)
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
 def measure_reload(
     peer: peers.Peer, watch: procfs.AgentWatch, agents: dict[str, str], timeout: float
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -209,7 +264,14 @@ def measure_shutdown(peer: peers.Peer, watch: procfs.AgentWatch, timeout: float)
 
 
 def process_session(
-    peer: peers.Peer, n: int, cfg: Config, *, idle: bool, crashes: int, reload: bool
+    peer: peers.Peer,
+    n: int,
+    cfg: Config,
+    *,
+    idle: bool,
+    crashes: int,
+    reload: bool,
+    cli: bool = False,
 ) -> Session:
     """One launch of `peer` with N agents; a step that fails is reported, the next ones run."""
     s = Session()
@@ -239,6 +301,12 @@ def process_session(
                 s.info["crash_samples_ms"] = [round(x * 1e3, 3) for x in samples]
                 s.values["crash_p50"] = statistics.median(samples)
                 s.values["crash_max"] = max(samples)
+        if cli and cfg.cli_reps:
+            done_cli = step("cli", lambda: measure_cli(peer, list(agents), cfg.cli_reps))
+            if done_cli is not None:
+                s.values.update(done_cli[0])
+                s.errors.extend(f"cli: {e}" for e in done_cli[1])
+            watch = procfs.AgentWatch(peer.roots())
         if reload and peer.can_reload:
             time.sleep(0.2)
             done = step("reload", lambda: measure_reload(peer, watch, agents, cfg.reload_timeout))
