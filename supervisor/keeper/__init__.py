@@ -26,9 +26,12 @@ Writes are a few bytes to a non-blocking pipe, far below PIPE_BUF and therefore 
 so the trio loop never waits on the keeper. If the keeper falls behind and the pipe is
 full, lines wait in memory and go out with the next write.
 
-The keeper is ``python -I -S supervisor/keeper/program.py`` (see that file): no site, no
-imports beyond the standard library's smallest modules, about as cheap as a Python process
-gets; a group is killed only while a pidfd proves its leader is the process registered. It starts once.
+The keeper is ``/bin/sh supervisor/keeper/keeper.sh`` (about 1 MiB of memory), or, where
+there is no ``/bin/sh`` or ``grep``, ``python -I -S supervisor/keeper/program.py`` (about
+9 MiB): the same protocol and the same guarantees (see those files). A group is killed
+only while its leader is provably the process registered: ``+PGID START`` carries the
+leader's start time, read here while the leader is our unreaped child (so its pid cannot
+have been reused yet), and the Python program also holds a pidfd on it. It starts once.
 Under PID 1 in a container the kernel already kills everything when PID 1 dies, so the
 caller may skip it there.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +51,9 @@ from supervisor.logs import log
 __all__ = ["MARK_VARIABLE", "PROGRAM", "Keeper"]
 
 PROGRAM = Path(__file__).with_name("program.py")
+SHELL_PROGRAM = Path(__file__).with_name("keeper.sh")
+SHELL = "/bin/sh"
+_PATH = "/usr/local/bin:/usr/bin:/bin"  # the shell program's only variable: where grep is
 
 
 class Keeper:
@@ -60,16 +67,28 @@ class Keeper:
         self._warned = False
 
     @classmethod
-    def start(cls) -> Keeper:
-        """Start the keeper process (a few ms, once). Its stdin is our pipe's read end."""
+    def start(cls, *, shell: bool | None = None) -> Keeper:
+        """Start the keeper process (a few ms, once). Its stdin is our pipe's read end.
+
+        `shell`: run the shell program (True) or the Python one (False); by default the
+        shell's wherever ``/bin/sh`` and ``grep`` are there.
+        """
         read_end, write_end = os.pipe()  # both close-on-exec: no other child holds them
         mark = f"{os.getpid()}-{secrets.token_hex(8)}"
+        if shell is None:
+            shell = os.access(SHELL, os.X_OK) and shutil.which("grep", path=_PATH) is not None
+        if shell:
+            argv = [SHELL, str(SHELL_PROGRAM), "supervisor-keeper", mark]
+            env = {"PATH": _PATH}
+        else:
+            argv = [sys.executable, "-I", "-S", str(PROGRAM), "supervisor-keeper", mark]
+            env = {}
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(PROGRAM), "supervisor-keeper", mark],
+                argv,
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
-                env={},  # it needs nothing, and must not hold the API token
+                env=env,  # it needs nothing more, and must not hold the API token
                 start_new_session=True,
             )
         except BaseException:
@@ -85,8 +104,16 @@ class Keeper:
         return self._process.pid
 
     def register(self, pgid: int) -> None:
-        """From now on, the group `pgid` is SIGKILLed if the supervisor dies."""
-        self._send(b"+%d\n" % pgid)
+        """From now on, the group `pgid` is SIGKILLed if the supervisor dies.
+
+        Call it while the leader `pgid` is our unreaped child: its start time, read
+        now, then names that process and no other that may get its number later.
+        """
+        start = _start_time(pgid)
+        if start is None:
+            self._send(b"+%d\n" % pgid)
+        else:
+            self._send(b"+%d %d\n" % (pgid, start))
 
     def unregister(self, pgid: int) -> None:
         """The group `pgid` is gone; forget it (its number may be reused)."""
@@ -142,6 +169,25 @@ class Keeper:
         if not self._warned:
             self._warned = True
             log.warning(message)
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks after boot), or None if `pid` is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:

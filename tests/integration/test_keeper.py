@@ -26,7 +26,7 @@ ROOT = Path(__file__).parents[2]
 STAND_IN = """\
 import subprocess, sys, time
 from supervisor.keeper import Keeper
-keeper = Keeper.start()
+keeper = Keeper.start(shell=SHELL)
 guarded = subprocess.Popen(["sh", "-c", "sleep 1000 & sleep 1000"], process_group=0)
 unguarded = subprocess.Popen(["sleep", "1000"], process_group=0)
 keeper.register(guarded.pid)
@@ -37,10 +37,20 @@ time.sleep(1000)
 """
 
 
+# Both programs: keeper.sh (the default) and program.py (where there is no /bin/sh).
+@pytest.fixture(params=[True, False], ids=["sh", "python"])
+def shell(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
-def keeper() -> Iterator[Keeper]:
-    with Keeper.start() as keeper:
+def keeper(shell: bool) -> Iterator[Keeper]:
+    with Keeper.start(shell=shell) as keeper:
         yield keeper
+
+
+def stand_in_source(program: str, shell: bool) -> str:
+    return f"SHELL = {shell}\n" + program
 
 
 @pytest.fixture
@@ -52,9 +62,12 @@ def group() -> Iterator[int]:
     process.wait()
 
 
-def test_groups_die_when_the_supervisor_is_sigkilled() -> None:
+def test_groups_die_when_the_supervisor_is_sigkilled(shell: bool) -> None:
     stand_in = subprocess.Popen(
-        [sys.executable, "-c", STAND_IN], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", stand_in_source(STAND_IN, shell)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert stand_in.stdout is not None
     keeper_pid, guarded, unguarded = map(int, stand_in.stdout.readline().split())
@@ -122,7 +135,7 @@ def test_close_is_idempotent(keeper: Keeper) -> None:
 UNREGISTERED = """\
 import os, subprocess, sys, time
 from supervisor.keeper import MARK_VARIABLE, Keeper
-keeper = Keeper.start()
+keeper = Keeper.start(shell=SHELL)
 env = dict(os.environ, **{MARK_VARIABLE: keeper.mark})
 child = subprocess.Popen(["sleep", "1000"], process_group=0, env=env)
 print(keeper.pid, child.pid, flush=True)
@@ -134,7 +147,7 @@ time.sleep(1000)
 LEADER_GONE = """\
 import subprocess, sys, time
 from supervisor.keeper import Keeper
-keeper = Keeper.start()
+keeper = Keeper.start(shell=SHELL)
 leader = subprocess.Popen(["sh", "-c", "sleep 1000 & echo $!"], process_group=0,
                           stdout=subprocess.PIPE, text=True)
 member = int(leader.stdout.readline())
@@ -145,17 +158,20 @@ time.sleep(1000)
 """
 
 
-def run_stand_in(program: str) -> tuple[subprocess.Popen[str], int, int]:
+def run_stand_in(program: str, shell: bool) -> tuple[subprocess.Popen[str], int, int]:
     stand_in = subprocess.Popen(
-        [sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", stand_in_source(program, shell)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert stand_in.stdout is not None
     keeper_pid, child = map(int, stand_in.stdout.readline().split())
     return stand_in, keeper_pid, child
 
 
-def test_a_marked_child_never_registered_dies_with_the_supervisor() -> None:
-    stand_in, keeper_pid, child = run_stand_in(UNREGISTERED)
+def test_a_marked_child_never_registered_dies_with_the_supervisor(shell: bool) -> None:
+    stand_in, keeper_pid, child = run_stand_in(UNREGISTERED, shell)
     try:
         assert alive(child)
         stand_in.kill()
@@ -169,8 +185,8 @@ def test_a_marked_child_never_registered_dies_with_the_supervisor() -> None:
             os.kill(child, signal.SIGKILL)
 
 
-def test_a_group_whose_leader_is_gone_is_not_killed_by_number() -> None:
-    stand_in, keeper_pid, member = run_stand_in(LEADER_GONE)
+def test_a_group_whose_leader_is_gone_is_not_killed_by_number(shell: bool) -> None:
+    stand_in, keeper_pid, member = run_stand_in(LEADER_GONE, shell)
     try:
         stand_in.kill()
         stand_in.wait()
@@ -185,8 +201,50 @@ def test_a_group_whose_leader_is_gone_is_not_killed_by_number() -> None:
             os.kill(member, signal.SIGKILL)
 
 
-def test_the_keeper_does_not_inherit_the_api_token(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_keeper_does_not_inherit_the_api_token(
+    monkeypatch: pytest.MonkeyPatch, shell: bool
+) -> None:
     monkeypatch.setenv("SUPERVISOR_TOKEN", "secret")
-    with Keeper.start() as keeper:
+    with Keeper.start(shell=shell) as keeper:
         wait_until(lambda: Path(f"/proc/{keeper.pid}/cmdline").read_bytes().count(b"\0") > 3)
         assert b"SUPERVISOR_TOKEN" not in Path(f"/proc/{keeper.pid}/environ").read_bytes()
+
+
+# A stand-in that registers a live, unmarked group with a start time that is not its
+# leader's: what the keeper sees if the number was reused by another process after the
+# registration (the real supervisor reads the start time while the leader is its child).
+REUSED = """\
+import subprocess, sys, time
+from supervisor.keeper import Keeper
+keeper = Keeper.start(shell=True)
+other = subprocess.Popen(["sleep", "1000"], process_group=0)
+keeper._send(b"+%d 1\\n" % other.pid)
+print(keeper.pid, other.pid, flush=True)
+time.sleep(1000)
+"""
+
+
+def test_the_shell_keeper_never_kills_a_group_whose_leader_started_at_another_time() -> None:
+    stand_in, keeper_pid, other = run_stand_in(REUSED, True)
+    try:
+        stand_in.kill()
+        stand_in.wait()
+        wait_until(lambda: not alive(keeper_pid), what="the keeper done")
+        assert alive(other)
+    finally:
+        assert stand_in.stdout is not None
+        stand_in.stdout.close()
+        if alive(other):
+            os.killpg(other, signal.SIGKILL)
+
+
+def test_the_shell_keeper_is_a_fraction_of_a_python_one() -> None:
+    def rss_kib(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
+
+    with Keeper.start(shell=True) as small, Keeper.start(shell=False) as big:
+        for keeper in (small, big):  # both programs are running (they ignore SIGTERM)
+            wait_until(lambda k=keeper: signal.SIGTERM in ignored_signals(k.pid))
+        assert Path(f"/proc/{small.pid}/exe").resolve().name in ("dash", "sh", "bash", "busybox")
+        assert rss_kib(small.pid) * 3 < rss_kib(big.pid)
