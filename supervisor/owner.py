@@ -302,9 +302,10 @@ class Supervisor:
         these agents. Called by the member's task, not through the owner's queue, since
         it must not wait behind a request in progress; it only stops slots (idempotent)
         and kills their groups. The cluster no longer holds any key, so the owner starts
-        nothing meanwhile, and drops the stopped slots on the reconcile asked for last.
+        nothing meanwhile. The slots it stopped count as refused: the first reconcile
+        after the member joined again claims their keys and starts them again.
         """
-        slots = list(self.slots.values())
+        slots = [slot for slot in self.slots.values() if slot.active]
         for slot in slots:
             slot.stop()
         with trio.move_on_at(deadline):
@@ -313,6 +314,8 @@ class Supervisor:
         self.kill_all()
         for slot in slots:
             await slot.wait_stopped()
+            if not slot.active:  # started again once allowed, like a refused start
+                slot.refused = slot.refused or "stopped by a fence"
         log.info("cluster: %d agents stopped", len(slots))
         self.request_reconcile()
 

@@ -6,6 +6,7 @@ import gc
 import os
 import resource
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,10 +40,12 @@ def run_main(
     log_level: str = "INFO",
     cluster: str | None = None,
     member: str | None = None,
+    etcd_access: Mapping[str, str] | None = None,
 ) -> int:
     """Run the supervisor in the foreground until it is stopped; return the exit code.
 
-    `cluster` and `member` override the manifest's (``--cluster``, ``--member``).
+    `cluster` and `member` override the manifest's (``--cluster``, ``--member``), and so
+    do the keys of `etcd_access` (``--etcd-ca`` ...: `supervisor.cluster.ACCESS_KEYS`).
     """
     logs.setup(log_format, log_level)
     try:
@@ -61,7 +64,7 @@ def run_main(
         gc.set_threshold(50_000, 20, 100)
         address = m.settings.api if api is None else api
         try:
-            join = joining(m.settings, cluster, member)
+            join = joining(m.settings, cluster, member, etcd_access)
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return EXIT_INVALID

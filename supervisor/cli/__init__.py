@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--member", default=None, help="this supervisor's name in the cluster (default: host name)"
     )
+    for flag, meaning in (
+        ("--etcd-ca", "CA certificate etcd's must be signed by (TLS)"),
+        ("--etcd-cert", "client certificate to present to etcd (TLS, with --etcd-key)"),
+        ("--etcd-key", "private key of --etcd-cert"),
+        ("--etcd-user", "etcd user to authenticate as (with --etcd-password-file)"),
+        ("--etcd-password-file", "file holding the etcd user's password"),
+    ):
+        p.add_argument(flag, default=None, help=meaning + "; overrides the manifest")
     p.add_argument(
         "--log-format",
         choices=["text", "json"],

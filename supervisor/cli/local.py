@@ -57,4 +57,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         cluster=args.cluster,
         member=args.member,
+        etcd_access={
+            key: value
+            for key in ("etcd_ca", "etcd_cert", "etcd_key", "etcd_user", "etcd_password_file")
+            if (value := getattr(args, key, None)) is not None
+        },
     )

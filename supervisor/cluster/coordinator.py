@@ -11,30 +11,42 @@ Layout of one cluster's keys under its namespace NS in etcd::
     /NS/members/<member>   {"member", "pid", "host", "since"}   attached to the member's lease
     /NS/owners/<agent id>  {"member"}                           attached to the owner's lease
     /NS/overlay/<agent id> the agent's table, as loaded over the API   (no lease: it persists)
+    /NS/epoch              {"epoch"}: written once, when the cluster is founded   (no lease)
+    /NS/settling           {"epoch"}: the founding's quiet period, on a lease of one ttl
 
 When a lease ends (revoked, or expired because its member stopped refreshing it), etcd
 deletes every key attached to it at once: the member leaves and its agents are free.
+
+The epoch tells a store that lost its data from one whose keys were released: a store
+without an epoch is new, or was wiped (etcd restarted on an empty data folder, or
+restored from an old backup), and members that ran agents on the old one may still be
+running them until their own refreshes fail. So whoever founds an epoch also writes
+`settling` on a lease of its own, never refreshed, and nobody claims anything until etcd
+has ended it: one ttl after the founding, every member of the old store has stopped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any, Literal, Protocol
 
 import attrs
 
-from supervisor.cluster import Compacted, Refused, Unavailable
+from supervisor.cluster import Access, Compacted, Refused, Unavailable
 from supervisor.cluster.etcd import EtcdClient, Event, KeyValue
 
 __all__ = ["Compacted", "Coordinator", "EtcdCoordinator", "Refused", "Unavailable"]
 
-Section = Literal["members", "owners", "overlay"]
+Section = Literal["members", "owners", "overlay", "epoch", "settling"]
 SECTIONS: tuple[Section, ...] = ("members", "owners", "overlay")
+SINGLE: tuple[Section, ...] = ("epoch", "settling")  # one key each, its id ""
 
 
 @attrs.frozen
@@ -61,13 +73,16 @@ class Snapshot:
     members: dict[str, dict[str, Any]]  # name -> what it registered
     owners: dict[str, Holder]  # agent id -> who holds its key
     overlay: dict[str, dict[str, Any]]  # agent id -> its table
+    epoch: str | None = None  # None: the store has no epoch (new, or it lost its data)
+    settling: bool = False  # the founding's quiet period is on: nobody claims
 
 
 @attrs.frozen
 class Change:
     """One key of `section` set (`value`) or deleted (`value is None`).
 
-    `value` is the member's registration, a `Holder`, or an overlay table.
+    `value` is the member's registration, a `Holder`, an overlay table, the epoch (a
+    string; section "epoch", id "") or True (section "settling", id "").
     """
 
     section: Section
@@ -99,6 +114,13 @@ class Coordinator(Protocol):
 
     async def revoke(self, lease: Lease) -> None:
         """End `lease` now, deleting every key attached to it. A lease already gone is fine."""
+
+    async def found(self, ttl: float) -> str:
+        """The cluster's epoch; if the store has none, found one, with a quiet period of
+        `ttl` seconds (the `settling` key) during which nobody claims."""
+
+    async def reset_epoch(self, epoch: str) -> None:
+        """Delete the epoch if it is still `epoch`: the cluster founds a new one, quietly."""
 
     async def register(self, member: str, lease: Lease) -> Holder | None:
         """Register `member` under `lease`; return the registration it replaced, if any."""
@@ -137,17 +159,32 @@ class EtcdCoordinator:
     """The `Coordinator` on etcd v3, through its JSON gateway.
 
     Args:
-      endpoints: etcd client URLs ("http://host:port").
+      endpoints: etcd client URLs ("http://host:port", "https://host:port" with TLS).
       namespace: the prefix of this cluster's keys (several clusters can share an etcd).
       timeout: the deadline of one call, in seconds.
+      access: TLS and authentication.
     """
 
-    def __init__(self, endpoints: Sequence[str], namespace: str, *, timeout: float = 5.0) -> None:
-        self.etcd = EtcdClient(endpoints, timeout=timeout)
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        namespace: str,
+        *,
+        timeout: float = 5.0,
+        access: Access | None = None,
+    ) -> None:
+        access = access or Access()
+        self.etcd = EtcdClient(
+            endpoints,
+            timeout=timeout,
+            tls=access.tls,
+            user=access.user,
+            password=access.password,
+        )
         self.prefix = f"/{namespace.strip('/')}/"
 
-    def key(self, section: Section, name: str) -> str:
-        return f"{self.prefix}{section}/{name}"
+    def key(self, section: Section, name: str = "") -> str:
+        return f"{self.prefix}{section}/{name}" if name else f"{self.prefix}{section}"
 
     async def grant(self, ttl: float) -> Lease:
         # etcd counts whole seconds: round up, never down, so the lease is not shorter
@@ -160,6 +197,23 @@ class EtcdCoordinator:
 
     async def revoke(self, lease: Lease) -> None:
         await self.etcd.revoke(lease.id)
+
+    async def found(self, ttl: float) -> str:
+        current = await self.etcd.get(self.key("epoch"))
+        if current is not None:
+            return _epoch(current.value)
+        quiet, _ = await self.etcd.grant(max(1, math.ceil(ttl)))  # never refreshed
+        epoch = _json({"epoch": uuid.uuid4().hex})
+        created, kv = await self.etcd.create(
+            self.key("epoch"), epoch, also=[(self.key("settling"), epoch, quiet)]
+        )
+        if created:
+            return _epoch(epoch)
+        await self.etcd.revoke(quiet)  # founded by another member meanwhile
+        return _epoch(kv.value if kv is not None else b"")
+
+    async def reset_epoch(self, epoch: str) -> None:
+        await self.etcd.delete_if_value(self.key("epoch"), _json({"epoch": epoch}))
 
     async def register(self, member: str, lease: Lease) -> Holder | None:
         info = {"member": member, "pid": os.getpid(), "host": socket.gethostname()}
@@ -183,12 +237,14 @@ class EtcdCoordinator:
 
     async def snapshot(self) -> Snapshot:
         kvs, revision = await self.etcd.range_prefix(self.prefix)
-        state: dict[Section, dict[str, Any]] = {section: {} for section in SECTIONS}
+        state: dict[Section, dict[str, Any]] = {section: {} for section in SECTIONS + SINGLE}
         for kv in kvs:
             change = self._change(kv, deleted=False)
             if change is not None:
                 state[change.section][change.id] = change.value
-        return Snapshot(revision, state["members"], state["owners"], state["overlay"])
+        members, owners, overlay = state["members"], state["owners"], state["overlay"]
+        epoch, settling = state["epoch"].get(""), "" in state["settling"]
+        return Snapshot(revision, members, owners, overlay, epoch, settling)
 
     @asynccontextmanager
     async def watch(self, revision: int) -> AsyncIterator[AsyncIterator[Batch]]:
@@ -218,6 +274,9 @@ class EtcdCoordinator:
     def _change(self, kv: KeyValue, *, deleted: bool) -> Change | None:
         """The change `kv` stands for; None for keys this member does not understand."""
         section, _, name = kv.key[len(self.prefix) :].partition("/")
+        if section in SINGLE and not name:
+            single = None if deleted else (_epoch(kv.value) if section == "epoch" else True)
+            return Change(section, "", single)
         if section not in SECTIONS or not name:
             return None
         if deleted:
@@ -241,3 +300,11 @@ def _holder(kv: KeyValue) -> Holder:
     except (ValueError, AttributeError):
         member = ""
     return Holder(member, kv.lease)
+
+
+def _epoch(value: bytes) -> str:
+    """The epoch a key holds; an unreadable one is an epoch too (a different one)."""
+    try:
+        return str(json.loads(value)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return "?" + value.hex()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -27,6 +28,8 @@ import httpx
 import trio
 
 from supervisor.cluster import Compacted, Refused, Unavailable
+
+UNAUTHENTICATED = 16  # gRPC's code for a missing, stale or invalid auth token
 
 
 class EtcdUnavailable(Unavailable):
@@ -91,21 +94,38 @@ def _revision(answer: dict[str, Any]) -> int:
 
 
 class EtcdClient:
-    """Calls to one etcd cluster through any of its `endpoints` ("http://host:port").
+    """Calls to one etcd cluster through any of its `endpoints` ("http://host:port", or
+    "https://host:port" with `tls`).
 
     Args:
       endpoints: client URLs of the etcd members; calls try them in turn.
       timeout: how long one endpoint gets to answer a call, in seconds.
+      tls: verifies etcd's certificate (and presents ours, if it holds one).
+      user, password: etcd's authentication: a token is asked for before the first
+        call, and again when etcd says it is no longer valid (it restarted, or the token
+        expired).
     """
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        user: str = "",
+        password: str = "",
+    ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self.timeout = timeout
+        self.tls = tls
+        self.user, self._password = user, password
+        self._token: str | None = None
         self._current = 0  # the endpoint that answered last; tried first
         self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=128, max_keepalive_connections=64)
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
+            verify=tls if tls is not None else True,
         )
 
     async def aclose(self) -> None:
@@ -119,15 +139,38 @@ class EtcdClient:
 
         Raises:
           EtcdUnavailable: no endpoint answered in time.
-          EtcdError: etcd refused the request.
+          EtcdError: etcd refused the request (wrong credentials, no permission...).
         """
+        if self.user and self._token is None:
+            await self._authenticate()
+        try:
+            return await self._post(path, body, self._headers())
+        except EtcdError as exc:
+            if not self.user or exc.code != UNAUTHENTICATED:
+                raise
+        await self._authenticate()  # the token went stale: once more with a new one
+        return await self._post(path, body, self._headers())
+
+    async def _authenticate(self) -> None:
+        self._token = None
+        answer = await self._post(
+            "auth/authenticate", {"name": self.user, "password": self._password}, {}
+        )
+        self._token = str(answer.get("token", ""))
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token else {}
+
+    async def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
         problems: list[str] = []
         for attempt in range(len(self.endpoints)):
             index = (self._current + attempt) % len(self.endpoints)
             url = f"{self.endpoints[index]}/v3/{path}"
             try:
-                answer = await self._http.post(url, json=body, timeout=self.timeout)
-            except httpx.TransportError as exc:  # refused, reset, or timed out
+                answer = await self._http.post(
+                    url, json=body, headers=headers, timeout=self.timeout
+                )
+            except httpx.TransportError as exc:  # refused, reset, timed out, TLS refused
                 problems.append(f"{self.endpoints[index]}: {exc!r}")
                 continue
             self._current = index
@@ -178,17 +221,27 @@ class EtcdClient:
         prev = answer.get("prev_kv")
         return _kv(prev) if prev else None
 
-    async def create(self, key: str, value: bytes, lease: int = 0) -> tuple[bool, KeyValue | None]:
-        """Create `key` only if it is absent (one compare-and-swap transaction).
+    async def create(
+        self,
+        key: str,
+        value: bytes,
+        lease: int = 0,
+        *,
+        also: Sequence[tuple[str, bytes, int]] = (),
+    ) -> tuple[bool, KeyValue | None]:
+        """Create `key` only if it is absent (one compare-and-swap transaction), and with
+        it the keys of `also` (key, value, lease), in the same transaction.
 
         Returns (created, existing): ``(True, None)`` when this call created it, else
         ``(False, kv)`` with the key as it is. A caller holding a lease should also treat
         ``kv.lease == lease`` as its own: a retry of a create that went through.
         """
+        puts = [(key, value, lease), *also]
         body = {
             "compare": [{"target": "CREATE", "key": _b64(key), "create_revision": "0"}],
             "success": [
-                {"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease)}}
+                {"request_put": {"key": _b64(k), "value": _b64(v), "lease": str(lease_id)}}
+                for k, v, lease_id in puts
             ],
             "failure": [{"request_range": {"key": _b64(key)}}],
         }
@@ -202,6 +255,16 @@ class EtcdClient:
         """Delete `key`; return whether it existed."""
         answer = await self.call("kv/deleterange", {"key": _b64(key)})
         return int(answer.get("deleted", 0)) > 0
+
+    async def delete_if_value(self, key: str, value: bytes) -> bool:
+        """Delete `key` only while it holds `value`; return whether it did."""
+        body = {
+            "compare": [{"target": "VALUE", "key": _b64(key), "value": _b64(value)}],
+            "success": [{"request_delete_range": {"key": _b64(key)}}],
+            "failure": [],
+        }
+        answer = await self.call("kv/txn", body)
+        return bool(answer.get("succeeded", False))
 
     async def delete_if_lease(self, key: str, lease: int) -> bool:
         """Delete `key` only while it is attached to `lease`; return whether it was."""
@@ -239,9 +302,18 @@ class EtcdClient:
             }
         }
         endpoint = self.endpoints[self._current]
+        if self.user and self._token is None:
+            await self._authenticate()
+        stream = _post_stream(
+            f"{endpoint}/v3/watch",
+            request,
+            head_within=self.timeout,
+            tls=self.tls,
+            headers=self._headers(),
+        )
         try:
             async with (
-                _post_stream(f"{endpoint}/v3/watch", request, head_within=self.timeout) as chunks,
+                stream as chunks,
                 aclosing(_lines(chunks)) as lines,
             ):
                 first = _watch_result(await anext(lines))
@@ -249,7 +321,17 @@ class EtcdClient:
                     raise EtcdError(f"etcd did not create the watch: {first}")
                 async with aclosing(_batches(lines)) as batches:
                     yield batches
-        except (OSError, trio.TooSlowError, h11.ProtocolError, StopAsyncIteration) as exc:
+        except EtcdError as exc:
+            if exc.code == UNAUTHENTICATED:
+                self._token = None  # a new one for the next watch
+            raise
+        except (
+            OSError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            h11.ProtocolError,
+            StopAsyncIteration,
+        ) as exc:
             # Next time, try another endpoint: this one may be the problem.
             self._current = (self._current + 1) % len(self.endpoints)
             raise EtcdUnavailable(f"etcd watch on {endpoint} broke: {exc!r}") from None
@@ -257,7 +339,12 @@ class EtcdClient:
 
 @asynccontextmanager
 async def _post_stream(
-    url: str, body: dict[str, Any], *, head_within: float
+    url: str,
+    body: dict[str, Any],
+    *,
+    head_within: float,
+    tls: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """POST `body` as JSON and yield the answer's body as it arrives, chunk by chunk.
 
@@ -280,10 +367,21 @@ async def _post_stream(
             ("Host", parts.netloc),
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(data))),
+            *(headers or {}).items(),
         ],
     )
+    stream: trio.abc.Stream
     with trio.fail_after(head_within):
-        stream = await trio.open_tcp_stream(parts.hostname or "", parts.port or 80)
+        host = parts.hostname or ""
+        if parts.scheme == "https":
+            context = tls or ssl.create_default_context()
+            secure = await trio.open_ssl_over_tcp_stream(
+                host, parts.port or 443, ssl_context=context
+            )
+            await secure.do_handshake()
+            stream = secure
+        else:
+            stream = await trio.open_tcp_stream(host, parts.port or 80)
     async with stream:
         with trio.fail_after(head_within):
             await stream.send_all(
@@ -299,15 +397,15 @@ async def _post_stream(
             yield chunks
 
 
-async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        conn.receive_data(await stream.receive_some(65536))
+        conn.receive_data(bytes(await stream.receive_some(65536)))
 
 
-async def _body(conn: h11.Connection, stream: trio.SocketStream) -> AsyncGenerator[bytes, None]:
+async def _body(conn: h11.Connection, stream: trio.abc.Stream) -> AsyncGenerator[bytes, None]:
     while True:
         event = await _next_event(conn, stream)
         if isinstance(event, h11.Data):

@@ -1,30 +1,33 @@
 """One supervisor's membership in a cluster: its lease, its view, its claims.
 
 A member joins with a lease of `ttl` seconds, registers its name under it, reads the
-whole cluster state and then follows it with a watch. From the live members it knows
-which agents are its own (rendezvous hashing); the supervisor's owner task plans over
-those, and asks this object to `claim` an agent's ownership key before starting it and
-to `release` it after it stopped. The owner stays the only task that changes slots:
-this one only asks it to reconcile when something it plans over changed (members, the
-shared overlay, or a key it waits for was freed).
+whole cluster state and then follows it with a watch (`ClusterView`). From the live
+members it knows which agents are its own (rendezvous hashing); the supervisor's owner
+task plans over those, and asks this object to `claim` an agent's ownership key before
+starting it and to `release` it after it stopped. The owner stays the only task that
+changes slots: this one only asks it to reconcile when something it plans over changed
+(members, the shared overlay, or a key it waits for was freed).
 
-At most once rests on one rule: an agent runs only while this member holds its key on
-a live lease. So when refreshes of the lease fail for long enough that less than half
-its ttl may be left, the lease counts as lost: `held` empties at once (nothing new
-starts), and the supervisor is told to stop every agent before the lease can have
-expired (`fence`). The member then joins again with a new lease and claims anew.
+At most once rests on one rule: an agent starts only while this member holds its key on
+a lease that provably lives, by the member's own clock (`Lifeline`), checked right
+before every start (`may_start`). When refreshes fail for long enough that less than
+half the ttl may be left, or the store turns out to have lost its data (its epoch
+changed, or its revision went back), the session ends: nothing starts any more, and the
+supervisor is told to stop every agent before the lease can have expired (`fence`).
+The member then joins again with a new lease and claims anew.
 """
 
 from __future__ import annotations
 
-import collections
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
 
 from supervisor.cluster import Compacted, Joining, Refused, Unavailable
+from supervisor.cluster.claims import Claims
 from supervisor.cluster.coordinator import (
     Change,
     Coordinator,
@@ -33,11 +36,12 @@ from supervisor.cluster.coordinator import (
     Lease,
     Snapshot,
 )
-from supervisor.cluster.rendezvous import Placement, placement_keys
+from supervisor.cluster.lease import KeepAlive, Lifeline, keep_alive_in_thread
+from supervisor.cluster.rendezvous import Placement
+from supervisor.cluster.view import ClusterView
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec
 
-CLAIMS_AT_ONCE = 32  # concurrent calls to the store for claims and releases
 LEAVE_WITHIN = 1.0  # seconds a leaving member spends revoking its lease
 
 Fence = Callable[[float], Awaitable[None]]
@@ -51,6 +55,9 @@ class ClusterMember:
       coordinator: the store the members coordinate through.
       name: this member's name, unique in the cluster.
       ttl: the lease's time to live, in seconds (`lease_ttl`).
+      keep_alive_with: makes a coordinator of its own for a keep-alive thread (then the
+        lease's deadlines are on ``time.monotonic``); None keeps the lease alive in this
+        loop, on trio's clock (what tests of the timeline use).
     """
 
     @classmethod
@@ -59,117 +66,93 @@ class ClusterMember:
         # A call must fail well within the lease's life, so a slow etcd is noticed in time.
         timeout = min(5.0, max(0.5, joining.lease_ttl / 4))
         address = joining.address
-        coordinator = EtcdCoordinator(address.endpoints, address.namespace, timeout=timeout)
-        return cls(coordinator, joining.member, joining.lease_ttl)
 
-    def __init__(self, coordinator: Coordinator, name: str, ttl: float) -> None:
+        def coordinator() -> EtcdCoordinator:
+            return EtcdCoordinator(
+                address.endpoints, address.namespace, timeout=timeout, access=joining.access
+            )
+
+        return cls(coordinator(), joining.member, joining.lease_ttl, keep_alive_with=coordinator)
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        name: str,
+        ttl: float,
+        *,
+        keep_alive_with: Callable[[], Coordinator] | None = None,
+    ) -> None:
         self.coordinator = coordinator
         self.name = name
         self.ttl = ttl
         self.lease: Lease | None = None  # the live session's; None between sessions
-        self.members: dict[str, dict[str, Any]] = {}
-        self.owners: dict[str, Holder] = {}  # agent id -> who holds its key
-        self.overlay: dict[str, dict[str, Any]] = {}  # the shared API overlay
-        self.placement = Placement(())
-        self.held: set[str] = set()  # keys this member holds in the live session
+        self.view = ClusterView(name)
+        self.lifeline = Lifeline(trio.current_time if keep_alive_with is None else time.monotonic)
+        self.claims = Claims(
+            coordinator, name, ttl, self.view, lambda: self.lease, lambda: self._reconcile()
+        )
         self.sessions = 0
-        self._waiting: set[str] = set()  # ids whose claim may have lost to another holder
-        self._keys: dict[str, str] = {}  # placement key of each id, as `mine` last saw them
-        self._releasing: dict[str, trio.Event] = {}
+        self._keep_alive_with = keep_alive_with
+        self._epoch: str | None = None  # the live session's (or the last one's)
+        self._reset: str | None = None  # an epoch found stale: delete it before joining
+        self._ended: tuple[float, str] | None = None  # how the live session ended
         self._stale: list[Lease] = []  # leases of lost sessions, revoked once etcd answers
-        self._limit = trio.CapacityLimiter(CLAIMS_AT_ONCE)
         self._reconcile: Callable[[], None] = lambda: None
         self._nursery: trio.Nursery | None = None  # the live session's
-        self._release_send: trio.MemorySendChannel[str] | None = None
 
     # -- the owner's side: sync reads, and the claims and releases around slots ---------
 
-    def assignment(self, after: Mapping[str, Sequence[str]]) -> dict[str, str | None]:
-        """{id: member that should run it} for the agents `after` maps to their `after`.
+    @property
+    def members(self) -> dict[str, dict[str, Any]]:
+        return self.view.members
 
-        Agents linked by `after` go to one member, placed by their group's least id.
-        """
-        keys = placement_keys(after)
-        return {agent_id: self.placement.owner(key) for agent_id, key in keys.items()}
+    @property
+    def owners(self) -> dict[str, Holder]:
+        return self.view.owners
+
+    @property
+    def overlay(self) -> dict[str, dict[str, Any]]:
+        return self.view.overlay
+
+    @property
+    def placement(self) -> Placement:
+        return self.view.placement
+
+    @property
+    def held(self) -> set[str]:
+        """The keys this member holds in the live session."""
+        return self.claims.held
+
+    def assignment(self, after: Mapping[str, Sequence[str]]) -> dict[str, str | None]:
+        """{id: member that should run it} (see `ClusterView.assignment`)."""
+        return self.view.assignment(after)
 
     def mine(self, desired: Mapping[str, AgentSpec]) -> dict[str, AgentSpec]:
         """The agents of `desired` this member should run: none while it has no lease."""
-        if self.lease is None:
-            return {}
-        self._keys = placement_keys({i: spec.after for i, spec in desired.items()})
-        owner = self.placement.owner
-        return {i: spec for i, spec in desired.items() if owner(self._keys[i]) == self.name}
+        return {} if self.lease is None else self.view.placed(desired)
+
+    def may_start(self, agent_id: str) -> str | None:
+        """None if `agent_id` may start now, else why not: this member holds its key, and
+        its lease provably lives by its own clock at this very moment. Sync and cheap: ask
+        it right before the start, with no await in between."""
+        if self.lease is None or not self.lifeline.live():
+            return "this member's cluster lease is not provably live"
+        if agent_id not in self.claims.held:
+            return "this member does not hold the agent's cluster key"
+        return None
 
     def holds(self, agent_id: str) -> bool:
-        """Whether this member may run `agent_id` now: it holds its key on a live lease."""
-        return self.lease is not None and agent_id in self.held
+        """Whether this member may start `agent_id` now (`may_start` says yes)."""
+        return self.may_start(agent_id) is None
 
     async def claim(self, ids: Sequence[str]) -> set[str]:
-        """Claim the ownership keys of `ids`; return the ids whose keys this member holds.
-
-        A key another member holds is not taken: once it is deleted (released, or its
-        lease ended) the watch asks for a reconcile, which claims again. A key won for
-        an agent that a member joining meanwhile now owns is released again at once. A
-        claim the store did not answer is retried by a reconcile a moment later. If the
-        session ends meanwhile, nothing counts as claimed (such keys end with that
-        session's lease). Cancelling abandons the claims; keys created anyway end with
-        the lease.
-        """
-        lease = self.lease
-        if lease is None or not ids:
-            return set()
-        # Waiting first, so that a delete seen while the claim is in flight still wakes us.
-        self._waiting.update(ids)
-        won: set[str] = set()
-        failed: list[str] = []
-        held_by: collections.Counter[str] = collections.Counter()
-
-        async def one(agent_id: str) -> None:
-            released = self._releasing.get(agent_id)
-            if released is not None:
-                await released.wait()  # our own release of it first, or it would undo this
-            try:
-                async with self._limit:
-                    holder = await self.coordinator.claim(agent_id, self.name, lease)
-            except (Unavailable, Refused) as exc:
-                failed.append(f"{agent_id}: {exc}")
-                return
-            if holder is None:
-                won.add(agent_id)
-            else:
-                held_by[holder.member] += 1
-
-        async with trio.open_nursery() as nursery:
-            for agent_id in ids:
-                nursery.start_soon(one, agent_id)
-        if self.lease is not lease:
-            return set()
-        self.held |= won
-        self._waiting -= won
-        # Members that joined meanwhile may have taken some: hand those on unstarted.
-        moved = {i for i in won if self.placement.owner(self._keys.get(i, i)) != self.name}
-        self.release(moved)
-        if held_by:
-            others = ", ".join(f"{n} by {m or '?'}" for m, n in held_by.most_common())
-            log.info("cluster: agents still held elsewhere (%s) start here once released", others)
-        if failed:
-            log.warning("cluster: %d claims unanswered (%s); retrying", len(failed), failed[0])
-            self._reconcile_later()
-        return won - moved
+        """Claim the ownership keys of `ids`; return the ids whose keys this member holds
+        (see `Claims.claim`)."""
+        return await self.claims.claim(ids)
 
     def release(self, ids: Iterable[str]) -> None:
-        """Give up the keys of `ids`, whose agents have stopped. Sync, never blocks.
-
-        The deletes go out in the background; a later claim of the same id waits for
-        its delete, so the two cannot cross. A delete that fails is retried while the
-        session lasts (after it, the lease takes the key along).
-        """
-        for agent_id in ids:
-            if agent_id in self.held:
-                self.held.discard(agent_id)
-                if self._release_send is not None:
-                    self._releasing[agent_id] = trio.Event()
-                    self._release_send.send_nowait(agent_id)
+        """Give up the keys of `ids`, whose agents have stopped (see `Claims.release`)."""
+        self.claims.release(ids)
 
     # -- the member task ----------------------------------------------------------------
 
@@ -183,8 +166,8 @@ class ClusterMember:
         """Be a member until cancelled: join, keep the lease, follow the cluster.
 
         `reconcile()` asks the owner to plan again (sync, coalesced). `fence(deadline)`
-        must stop every agent by `deadline` (trio time); it is awaited when the lease is
-        lost, before joining again. Started at once: while the store is unreachable the
+        must stop every agent by `deadline` (trio time); it is awaited when the session
+        ends, before joining again. Started at once: while the store is unreachable the
         supervisor runs (and answers its API) with no agents, and this keeps trying.
 
         Cancellation leaves the cluster: the lease is revoked (shielded, within
@@ -213,7 +196,7 @@ class ClusterMember:
                 await self.coordinator.aclose()
 
     async def _session(self) -> float:
-        """Join with a new lease and follow the cluster until the lease is lost.
+        """Join with a new lease and follow the cluster until the session ends.
 
         Returns the trio time by which every agent must have stopped.
 
@@ -221,11 +204,16 @@ class ClusterMember:
           Unavailable, Refused: could not join; nothing of the attempt is left running.
         """
         await self._revoke_stale()
-        sent = trio.current_time()
+        if self._reset is not None:
+            await self.coordinator.reset_epoch(self._reset)
+            self._reset = None
+        sent = self.lifeline.clock()
         lease = await self.coordinator.grant(self.ttl)
         try:
+            epoch = await self.coordinator.found(lease.ttl)
             replaced = await self.coordinator.register(self.name, lease)
             snapshot = await self.coordinator.snapshot()
+            self._check_store(epoch, snapshot)
         except BaseException:
             self._stale.append(lease)
             raise
@@ -236,26 +224,52 @@ class ClusterMember:
                 self.name,
             )
         send, receive = trio.open_memory_channel[str](math.inf)
+        self._ended = None
         try:
             async with trio.open_nursery() as nursery:
-                self._begin(lease, snapshot, nursery, send)
+                self._begin(lease, sent, snapshot, nursery, send)
                 nursery.start_soon(self._follow, snapshot.revision)
-                nursery.start_soon(self._release_keys, lease, receive)
-                deadline = await self._keep_alive(lease, sent)
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(self.claims.release_keys, lease, receive)
+                nursery.start_soon(self._keep_alive, lease, sent)
         finally:
             self._end(lease)
-        return deadline
+        assert self._ended is not None
+        return self._ended[0]
+
+    def _check_store(self, epoch: str, snapshot: Snapshot) -> None:
+        """Before joining: the store must be the one this member knew, or a new one.
+
+        Raises:
+          Refused: it lost its data meanwhile (its epoch changed since `found`), or it
+            went back in time under the same epoch (restored from an old backup): then
+            the epoch is reset before the next attempt, and the cluster founds a new one.
+        """
+        if snapshot.epoch != epoch:
+            raise Refused("the cluster's epoch changed while joining")
+        if epoch == self._epoch and snapshot.revision < self.view.revision:
+            self._reset = epoch
+            raise Refused(
+                f"the store went back from revision {self.view.revision} to "
+                f"{snapshot.revision}: it lost data; founding the cluster anew"
+            )
+        if self._epoch not in (None, epoch):
+            log.error(
+                "cluster: the store lost its data (a new epoch); it claims nothing until "
+                "its quiet period of one ttl has passed"
+            )
+        self._epoch = epoch
 
     def _begin(
         self,
         lease: Lease,
+        sent: float,
         snapshot: Snapshot,
         nursery: trio.Nursery,
         send: trio.MemorySendChannel[str],
     ) -> None:
-        self.lease, self._nursery, self._release_send = lease, nursery, send
-        self.held, self._waiting = set(), set()
+        self.lease, self._nursery = lease, nursery
+        self.lifeline.refreshed(sent, lease.ttl)
+        self.claims.begin(nursery, send)
         self.sessions += 1
         self._load(snapshot)
         log.info(
@@ -268,61 +282,29 @@ class ClusterMember:
 
     def _end(self, lease: Lease) -> None:
         """The session is over (sync): from now on nothing is ours and nothing starts."""
+        self.lifeline.cut()
         if self.lease is lease:
             self.lease = None
-            self.held = set()
             self._stale.append(lease)
-        self._nursery = self._release_send = None
-        for event in self._releasing.values():
-            event.set()
-        self._releasing.clear()
+        self._nursery = None
+        self.claims.end()
 
-    async def _keep_alive(self, lease: Lease, sent: float) -> float:
-        """Refresh `lease` every ttl/6 until it is lost; return when to have stopped by.
+    async def _keep_alive(self, lease: Lease, sent: float) -> None:
+        if self._keep_alive_with is None:
+            ended = await KeepAlive(self.coordinator.keepalive, lease, sent, self.lifeline).run()
+        else:
+            ended = await keep_alive_in_thread(self._keep_alive_with, lease, sent, self.lifeline)
+        self._stop(*ended)
 
-        etcd counts a refresh from when it gets it, after we sent it, so `sent + ttl` is
-        a time the lease lives to at least. Failed refreshes are retried; once less than
-        half the ttl may be left, the lease counts as lost, and the rest of that half,
-        minus a margin for killing, is the agents' time to stop. Refreshing at ttl/6
-        (etcd's own clients use ttl/3) gives a slow answer (a busy loop, a busy etcd) a
-        third of the ttl, and a failed one several retries, before that point.
-        """
-        expires = sent + lease.ttl
-        margin = lease.ttl / 10
-        interval, retry = lease.ttl / 6, lease.ttl / 20
-        due = sent + interval
-        failing = ""
-        while True:
-            await trio.sleep_until(due)
-            give_up = expires - lease.ttl / 2
-            sent = trio.current_time()
-            ttl: float | None = None
-            if sent < give_up:
-                with trio.move_on_at(give_up):
-                    try:
-                        ttl = await self.coordinator.keepalive(lease)
-                    except (Unavailable, Refused) as exc:
-                        failing = failing or str(exc)
-            if ttl is not None and ttl > 0:
-                if failing:
-                    log.info("cluster: lease refreshed again")
-                expires, due, failing = sent + ttl, sent + interval, ""
-            elif ttl == 0:
-                self._lose(lease, "the lease expired (this member was out of touch too long)")
-                return trio.current_time()  # others may run our agents already: stop now
-            elif trio.current_time() >= give_up:
-                why = failing or "no answer"
-                self._lose(lease, f"cannot refresh the lease ({why})")
-                return expires - margin
-            else:
-                if not failing:
-                    failing = "no answer"
-                    log.warning("cluster: lease refresh failed; retrying")
-                due = sent + retry
-
-    def _lose(self, lease: Lease, why: str) -> None:
+    def _stop(self, deadline: float, why: str) -> None:
+        """End the live session: stop every agent by `deadline` (the lifeline's clock)."""
+        self.lifeline.cut()
+        if self._ended is not None or self._nursery is None:
+            return
         log.error("cluster: %s: stopping every agent here, then joining again", why)
-        self._end(lease)
+        now = self.lifeline.clock()
+        self._ended = (trio.current_time() + (deadline - now), why)
+        self._nursery.cancel_scope.cancel()
 
     async def _follow(self, revision: int) -> None:
         """Keep the view current from `revision` on; after a broken watch, read it all
@@ -333,7 +315,7 @@ class ClusterMember:
                 async with self.coordinator.watch(revision) as batches:
                     delay = 0.1
                     async for batch in batches:
-                        self._apply(batch.changes)
+                        self._apply(batch.revision, batch.changes)
                         revision = batch.revision
             except (Unavailable, Refused, Compacted) as exc:
                 log.debug("cluster: watch ended (%s)", exc)
@@ -343,67 +325,33 @@ class ClusterMember:
                 snapshot = await self.coordinator.snapshot()
             except (Unavailable, Refused):
                 continue
+            if snapshot.revision < self.view.revision and snapshot.epoch == self._epoch:
+                self._reset = self._epoch
+                why = f"its revision went back from {self.view.revision} to {snapshot.revision}"
+                self._stop(self.lifeline.clock(), f"the store lost data ({why})")
+                return
             self._load(snapshot)
             revision = snapshot.revision
 
     def _load(self, snapshot: Snapshot) -> None:
-        self.members = dict(snapshot.members)
-        self.owners = dict(snapshot.owners)
-        self.overlay = dict(snapshot.overlay)
-        self.placement = Placement(self.members)
-        self._reconcile()
+        self.view.load(snapshot)
+        if self._same_store():
+            self._reconcile()
 
-    def _apply(self, changes: Iterable[Change]) -> None:
+    def _apply(self, revision: int, changes: Iterable[Change]) -> None:
         """Fold watched changes into the view; ask for a reconcile if they matter here."""
-        wake = members_changed = False
-        for change in changes:
-            table: dict[str, Any] = getattr(self, change.section)
-            if change.value is None:
-                existed = table.pop(change.id, None) is not None
-            else:
-                existed = change.id in table
-                table[change.id] = change.value
-            if change.section == "members":
-                members_changed |= change.value is None or not existed
-            elif change.section == "overlay":
-                wake = True
-            elif change.value is None and change.id in self._waiting:
-                wake = True  # a key we wait for was freed
-        if members_changed:
-            self.placement = Placement(self.members)
-            log.info("cluster: members now %s", ", ".join(sorted(self.members)) or "none")
-        if wake or members_changed:
+        wake = self.view.apply(changes, self.claims.waiting)
+        self.view.revision = max(self.view.revision, revision)
+        if self._same_store() and wake:
             self._reconcile()
 
-    async def _release_keys(self, lease: Lease, receive: trio.MemoryReceiveChannel[str]) -> None:
-        async with trio.open_nursery() as nursery:
-            async for agent_id in receive:
-                nursery.start_soon(self._release_one, lease, agent_id)
-
-    async def _release_one(self, lease: Lease, agent_id: str) -> None:
-        delay = 0.1
-        try:
-            while True:
-                try:
-                    async with self._limit:
-                        await self.coordinator.release(agent_id, lease)
-                    return
-                except (Unavailable, Refused) as exc:
-                    log.warning("%s: release failed (%s); retrying", agent_id, exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.ttl)
-        finally:
-            event = self._releasing.pop(agent_id, None)
-            if event is not None:
-                event.set()
-
-    def _reconcile_later(self) -> None:
-        async def later() -> None:
-            await trio.sleep(min(1.0, self.ttl / 4))
-            self._reconcile()
-
-        if self._nursery is not None:
-            self._nursery.start_soon(later)
+    def _same_store(self) -> bool:
+        """Whether the store still has this session's epoch; if not, end the session now:
+        it lost its data, so others may claim our agents once its quiet period is over."""
+        if self.view.epoch == self._epoch:
+            return True
+        self._stop(self.lifeline.clock(), "the store lost its data (its epoch changed)")
+        return False
 
     async def _revoke_stale(self) -> None:
         """Revoke the leases of lost sessions: their keys go at once, not after the ttl."""

@@ -3,11 +3,12 @@ each started only while this member holds its ownership key on a live lease.
 
 A thin adapter over `ClusterMember`: `placed` is the member's `mine` (none while it has
 no lease), `settle` releases the keys of the agents the plan stopped and claims those of
-the agents it starts, and `may_start` is `holds`. The shared overlay is the one in etcd.
-Starts go `START_GROUP` at a time, each group checked just before it starts, so a lease
-lost meanwhile (which empties `held` at once) starts nothing more, and the checkpoint
-between groups keeps the lease's refreshes responsive: a few hundred spawns in one go
-stall the loop for about a millisecond each.
+the agents it starts (and of unchanged agents a fence stopped, so that they start
+again), and `may_start` is the member's: its key held, on a lease that provably lives by
+the member's own clock at that moment. The shared overlay is the one in etcd. Starts go
+`START_GROUP` at a time, each group checked just before it starts, and the checkpoint
+between groups keeps the loop responsive: a few hundred spawns in one go stall it for
+about a millisecond each.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ class ClusterPlacement:
 
     async def settle(self, p: Plan) -> Plan:
         self.member.release(p.stop)
-        await self.member.claim(p.start)
+        # Unchanged agents whose key is not held were stopped by a fence (or refused):
+        # claimed again with the starts, so that they start again (docs/cluster.md).
+        held = self.member.held
+        await self.member.claim(p.start + tuple(i for i in p.unchanged if i not in held))
         held = self.member.holds
         return attrs.evolve(
             p,
@@ -50,6 +54,4 @@ class ClusterPlacement:
         )
 
     def may_start(self, agent_id: str) -> str | None:
-        if self.member.holds(agent_id):
-            return None
-        return "this member does not hold the agent's cluster key (lease lost, or placed elsewhere)"
+        return self.member.may_start(agent_id)

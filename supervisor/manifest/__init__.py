@@ -286,6 +286,11 @@ def _settings(table: dict[str, Any], label: str, base: Path, problems: Problems)
         settings,
         state_file=settings.state_file and absolute(base, str(settings.state_file)),
         api_token_file=settings.api_token_file and absolute(base, str(settings.api_token_file)),
+        etcd_ca=settings.etcd_ca and absolute(base, str(settings.etcd_ca)),
+        etcd_cert=settings.etcd_cert and absolute(base, str(settings.etcd_cert)),
+        etcd_key=settings.etcd_key and absolute(base, str(settings.etcd_key)),
+        etcd_password_file=settings.etcd_password_file
+        and absolute(base, str(settings.etcd_password_file)),
     )
 
 

@@ -149,6 +149,23 @@ class Settings:
             minimum=1,
         ),
     )
+    etcd_ca: Path | None = attrs.field(
+        default=None,
+        metadata=_doc("CA certificate file that etcd's certificate must be signed by: TLS on"),
+    )
+    etcd_cert: Path | None = attrs.field(
+        default=None,
+        metadata=_doc("client certificate file to present to etcd (with etcd_key): TLS on"),
+    )
+    etcd_key: Path | None = attrs.field(
+        default=None, metadata=_doc("private key file of etcd_cert")
+    )
+    etcd_user: str = attrs.field(
+        default="", metadata=_doc('etcd user to authenticate as (with etcd_password_file); ""')
+    )
+    etcd_password_file: Path | None = attrs.field(
+        default=None, metadata=_doc("file holding etcd_user's password")
+    )
 
 
 @attrs.frozen(kw_only=True)

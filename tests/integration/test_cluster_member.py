@@ -25,9 +25,14 @@ TTL = 6.0
 
 class MemoryCoordinator:
     """The `Coordinator` over dicts. `cut()` makes every call wait until `resume()` (etcd
-    cut off); `forget(lease)` ends a lease as etcd would once it expired."""
+    cut off); `forget(lease)` ends a lease as etcd would once it expired; `lose_data()`
+    empties it (etcd back on an empty data folder), and `end_quiet()` ends the quiet
+    period of a founding. It starts founded (an epoch, no quiet period)."""
 
     def __init__(self) -> None:
+        self.epoch: str | None = "e0"
+        self.settling = False
+        self.epochs = 0
         self.leases: set[int] = set()
         self.revoked: list[int] = []
         self.members: dict[str, dict[str, Any]] = {}
@@ -63,6 +68,30 @@ class MemoryCoordinator:
         self.owners = {i: h for i, h in self.owners.items() if h.lease != lease}
         self.members = {m: v for m, v in self.members.items() if v["lease"] != lease}
         self._publish(*gone)
+
+    def lose_data(self) -> None:
+        """Everything is gone, and nobody is told (as a restarted, empty etcd)."""
+        self.leases.clear()
+        self.members, self.owners, self.overlay = {}, {}, {}
+        self.epoch, self.settling, self.revision = None, False, 0
+
+    def end_quiet(self) -> None:
+        self.settling = False
+        self._publish(Change("settling", "", None))
+
+    async def found(self, ttl: float) -> str:
+        await self._call("found")
+        if self.epoch is None:
+            self.epochs += 1
+            self.epoch, self.settling = f"e{self.epochs}", True
+            self._publish(Change("epoch", "", self.epoch), Change("settling", "", True))
+        return self.epoch
+
+    async def reset_epoch(self, epoch: str) -> None:
+        await self._call("reset_epoch")
+        if self.epoch == epoch:
+            self.epoch = None
+            self._publish(Change("epoch", "", None))
 
     async def grant(self, ttl: float) -> Lease:
         await self._call("grant")
@@ -101,7 +130,14 @@ class MemoryCoordinator:
 
     async def snapshot(self) -> Snapshot:
         await self._call("snapshot")
-        return Snapshot(self.revision, dict(self.members), dict(self.owners), dict(self.overlay))
+        return Snapshot(
+            self.revision,
+            dict(self.members),
+            dict(self.owners),
+            dict(self.overlay),
+            self.epoch,
+            self.settling,
+        )
 
     @asynccontextmanager
     async def watch(self, revision: int) -> AsyncIterator[AsyncIterator[Batch]]:
