@@ -44,8 +44,8 @@ class ClusterPlacement:
         self.member.release(p.stop)
         # Unchanged agents whose key is not held were stopped by a fence (or refused):
         # claimed again with the starts, so that they start again (docs/cluster.md).
-        held = self.member.held
-        await self.member.claim(p.start + tuple(i for i in p.unchanged if i not in held))
+        fenced = tuple(i for i in p.unchanged if i not in self.member.held)
+        await self.member.claim(p.start + fenced)
         held = self.member.holds
         return attrs.evolve(
             p,
