@@ -29,9 +29,11 @@ full, lines wait in memory and go out with the next write.
 The keeper is ``/bin/sh supervisor/keeper/keeper.sh`` (about 1 MiB of memory), or, where
 there is no ``/bin/sh`` or ``grep``, ``python -I -S supervisor/keeper/program.py`` (about
 9 MiB): the same protocol and the same guarantees (see those files). A group is killed
-only while its leader is provably the process registered: ``+PGID START`` carries the
-leader's start time, read here while the leader is our unreaped child (so its pid cannot
-have been reused yet), and the Python program also holds a pidfd on it. It starts once.
+only while its leader is provably the process registered: ``+PGID BY`` says the leader
+had started by BY (clock ticks of its start time's clock, read right after the spawn,
+while the leader is our unreaped child and its pid cannot be anyone else's), so a
+process that got the number later started after BY; the Python program holds a pidfd on
+the leader instead. It starts once.
 Under PID 1 in a container the kernel already kills everything when PID 1 dies, so the
 caller may skip it there.
 """
@@ -43,6 +45,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from supervisor.keeper.program import MARK_VARIABLE
@@ -54,6 +57,7 @@ PROGRAM = Path(__file__).with_name("program.py")
 SHELL_PROGRAM = Path(__file__).with_name("keeper.sh")
 SHELL = "/bin/sh"
 _PATH = "/usr/local/bin:/usr/bin:/bin"  # the shell program's only variable: where grep is
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Keeper:
@@ -106,14 +110,11 @@ class Keeper:
     def register(self, pgid: int) -> None:
         """From now on, the group `pgid` is SIGKILLed if the supervisor dies.
 
-        Call it while the leader `pgid` is our unreaped child: its start time, read
-        now, then names that process and no other that may get its number later.
+        Call it while the leader `pgid` is our unreaped child (right after the spawn):
+        it started before now, and any process that gets its number once it is reaped
+        starts after now; so "started by now" tells the keeper it is the same process.
         """
-        start = _start_time(pgid)
-        if start is None:
-            self._send(b"+%d\n" % pgid)
-        else:
-            self._send(b"+%d %d\n" % (pgid, start))
+        self._send(b"+%d %d\n" % (pgid, _ticks_now()))
 
     def unregister(self, pgid: int) -> None:
         """The group `pgid` is gone; forget it (its number may be reused)."""
@@ -171,23 +172,10 @@ class Keeper:
             log.warning(message)
 
 
-def _start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks after boot), or None if `pid` is gone."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
+def _ticks_now() -> int:
+    """Now on the clock of a process's start time: /proc/PID/stat's field 22 (clock ticks
+    of CLOCK_BOOTTIME), read by the keeper."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -5,17 +5,18 @@
 # of its memory: a shell is ~1 MiB where a Python interpreter is ~9 MiB. It reads lines
 # from stdin until end of file:
 #
-#   +PGID START  a process group was born; its leader's pid is PGID and START is the
-#                leader's start time (field 22 of /proc/PGID/stat), read by the supervisor
-#                while the leader was its unreaped child, so it names that process exactly
-#   +PGID        the same, start time unknown: never killed by number (the mark finds it)
+#   +PGID BY     a process group was born; its leader's pid is PGID and it had started
+#                by BY (clock ticks on the clock of field 22 of /proc/PID/stat), read by
+#                the supervisor right after the spawn, while the leader was its unreaped
+#                child: a process that gets the number once it is reaped starts after BY
+#   +PGID        the same, BY unknown: never killed by number (the mark finds it)
 #   -PGID        the group is gone; forget it (its number may be reused)
 #   q            a graceful exit: kill nothing
 #
 # At end of file (the supervisor died, however) each registered group is SIGKILLed, but
-# only while its leader is still the process registered: alive (not a zombie) with the
-# same start time. A group whose leader is gone may have been emptied and its number
-# reused, and is never killed by number. Then every process whose environment holds
+# only while its leader is still the process registered: alive (not a zombie) and started
+# by BY. A group whose leader is gone may have been emptied and its number reused, and is
+# never killed by number. Then every process whose environment holds
 # SUPERVISOR_KEEPER_MARK=MARK is SIGKILLed, rescanning until three scans in a row find
 # nothing (a child between fork and exec shows no environment of its own yet).
 
@@ -42,14 +43,14 @@ done
 set +f
 for dir in /proc/[0-9]*; do
     pid=${dir#/proc/}
-    eval "start=\${g_$pid:-u}"
-    [ "$start" = u ] && continue
+    eval "by=\${g_$pid:-u}"
+    [ "$by" = u ] && continue
     { read -r stat <"$dir/stat"; } 2>/dev/null || continue
     set -f
     set -- ${stat##*) }
     set +f
     # after the command's name: $1 is the state, ${20} the start time
-    if [ "$1" != Z ] && [ "$1" != X ] && [ "${20}" = "$start" ]; then
+    if [ "$1" != Z ] && [ "$1" != X ] && [ "${20}" -le "$by" ]; then
         kill -s KILL -- "-$pid" 2>/dev/null
     fi
 done

@@ -5,10 +5,10 @@ It imports only ``os``, ``select``, ``signal``, ``sys`` and ``time`` (no site, n
 supervisor package: ``-I -S`` keeps it about as cheap as a Python process gets), reads
 lines from stdin until end of file, and then kills what the supervisor left behind:
 
-- ``+PGID`` or ``+PGID START``: a process group was born; its leader's pid is PGID.
+- ``+PGID`` or ``+PGID BY``: a process group was born; its leader's pid is PGID.
   The keeper opens a pidfd on the leader at once, so that it later knows whether that
-  pid is still the same process (START, the leader's start time, is for keeper.sh,
-  which has no pidfds; this program does not need it).
+  pid is still the same process (BY, a time the leader had started by, is for
+  keeper.sh, which has no pidfds; this program does not need it).
 - ``-PGID``: the group is gone; forget it (its number may be reused).
 - ``q``: a graceful exit; kill nothing.
 
@@ -58,7 +58,7 @@ def read_registrations(fd: int) -> dict[int, int | None] | None:
         for line in lines:
             if line == b"q":
                 return None
-            if line[:1] == b"+":  # "+PGID" or "+PGID START": the pidfd proves identity
+            if line[:1] == b"+":  # "+PGID" or "+PGID BY": the pidfd proves identity
                 pgid = int(line[1:].split()[0])
                 leaders[pgid] = open_pidfd(pgid)
             elif line[:1] == b"-":
