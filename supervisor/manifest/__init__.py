@@ -251,7 +251,8 @@ def _included(
             problems.add(str(manifest), f"supervisor.include[{i}]", f"no such file {show(pattern)}")
         for match in matches:
             full = os.path.normpath(os.path.join(base, match))
-            if full not in seen and os.path.isfile(full):
+            # Not only regular files: reading refuses a FIFO or a device with a message.
+            if full not in seen and not os.path.isdir(full):
                 seen.add(full)
                 yield Path(full), os.path.normpath(os.path.join(shown_base, match))
 

@@ -23,6 +23,7 @@ from attrs import AttrsInstance
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from supervisor.manifest.convert import Invalid, converter, did_you_mean, keys_given, show
+from supervisor.manifest.files import MIB, Refused, read_bytes
 from supervisor.manifest.model import ENTRY_PATTERN, ID_PATTERN, AgentKeys, ManifestError
 
 T = TypeVar("T")
@@ -137,14 +138,25 @@ def _join(where: str, key: str) -> str:
 # --- Reading files -----------------------------------------------------------------
 
 
+# A manifest or included file larger than this is refused (docs/manifest.md, "Limits"):
+# 10,000 agents take under 1 MiB.
+MAX_FILE_BYTES = 64 * MIB
+
+
 def read_text(path: Path, label: str) -> str:
-    """The text of a file; ManifestError, labelled, if it cannot be read as UTF-8."""
+    """The text of a regular file; ManifestError, labelled, if it cannot be read as UTF-8.
+
+    A FIFO, a device or a socket is refused without being opened (see
+    `supervisor.manifest.files`), and so is a file over `MAX_FILE_BYTES`.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        data = read_bytes(str(path), MAX_FILE_BYTES)
+    except Refused as e:
+        raise ManifestError([f"{label}: {e}"]) from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ManifestError([f"{label}: not UTF-8 text ({e.reason} at byte {e.start})"])
-    except OSError as e:
-        raise ManifestError([f"{label}: cannot read: {e.strerror or e}"])
+        raise ManifestError([f"{label}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
 
 
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) at line (?P<line>\d+) column (?P<column>\d+)$", re.S)
