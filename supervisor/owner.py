@@ -135,7 +135,7 @@ class Supervisor:
             self._nursery = nursery
             if self.placement.shared_overlay is None:
                 self._load_state_file()
-            desired, sources = self._desired(self.manifest)
+            desired, sources = await self._desired(self.manifest)
             await self._converge(desired, sources)  # no checkpoint with nothing to stop
             task_status.started()
             async for op, reply in self._recv:
@@ -209,7 +209,7 @@ class Supervisor:
         replies, self._reload_replies = self._reload_replies or [], None
         try:
             new = await self._read_manifest()
-            desired, sources = self._desired(new)
+            desired, sources = await self._desired(new)
         except ManifestError as exc:
             self.reloads_failed += 1
             log.error("reload failed, nothing changed:\n%s", exc)
@@ -292,7 +292,7 @@ class Supervisor:
 
     async def _do_reconcile(self) -> None:
         self._reconcile_queued = False
-        desired, sources = self._desired(self.manifest)
+        desired, sources = await self._desired(self.manifest)
         await self._converge(desired, sources)
 
     async def fence(self, deadline: float) -> None:
@@ -320,7 +320,9 @@ class Supervisor:
         self.request_reconcile()
 
     async def _read_manifest(self) -> Manifest:
-        """Load the manifest file; a big one in a worker thread, to keep the loop free."""
+        """Load the manifest file. A big one, or one that reads more files (includes,
+        folder agents: docs/manifest.md, "Limits"), in a worker thread, to keep the loop
+        free; small ones are not worth the hop."""
         path = self.manifest.path
         try:
             big = path.stat().st_size > BIG_MANIFEST
@@ -328,9 +330,12 @@ class Supervisor:
             big = False  # load() reports the file's absence
         if big:
             return await trio.to_thread.run_sync(mf.load, path)
-        return mf.load(path)
+        parsed = mf.parse(path)
+        if parsed.reads_files:
+            return await trio.to_thread.run_sync(mf.load, parsed)
+        return mf.load(parsed)
 
-    def _desired(self, m: Manifest) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
+    async def _desired(self, m: Manifest) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
         """The manifest's agents plus the API overlay's (the manifest wins an id)."""
         shared = self.placement.shared_overlay
         if shared is not None:  # e.g. the cluster's, in etcd: loads are not ours to keep
@@ -350,7 +355,7 @@ class Supervisor:
                 self._save_state_or_log()
                 continue
             try:
-                desired[agent_id] = self._spec_from_table(
+                desired[agent_id] = await self._spec_off_loop(
                     agent_id, table, known=desired, label=self._state_label
                 )
                 sources[agent_id] = "api"
@@ -377,6 +382,19 @@ class Supervisor:
             known_ids=list(known),
             label=label,
         )
+
+    async def _spec_off_loop(
+        self,
+        agent_id: str | None,
+        table: dict[str, Any],
+        known: Mapping[str, Any],
+        label: str = "request",
+    ) -> AgentSpec:
+        """`_spec_from_table`, in a worker thread for a folder agent, whose files it reads."""
+        check = partial(self._spec_from_table, agent_id, table, dict.fromkeys(known), label)
+        if "path" in table:
+            return await trio.to_thread.run_sync(check)
+        return check()
 
     @property
     def _state_label(self) -> str:
@@ -474,7 +492,7 @@ class Supervisor:
         agent_id = body.pop("id", None)
         if agent_id is not None and not isinstance(agent_id, str):
             raise ManifestError([f"request: id: must be a string, not {agent_id!r}"])
-        spec = self._spec_from_table(agent_id, body, known=self.slots)
+        spec = await self._spec_off_loop(agent_id, body, known=self.slots)
         if spec.id in self.slots:
             raise Conflict(f"agent {spec.id!r} already exists")
         slot = self._add(spec, "api")

@@ -101,6 +101,7 @@ __all__ = [
     "Kind",
     "Manifest",
     "ManifestError",
+    "Parsed",
     "ReadyMode",
     "RestartMode",
     "Settings",
@@ -109,6 +110,7 @@ __all__ = [
     "folder_digest",
     "json_schema",
     "load",
+    "parse",
     "read_toml",
     "spec_to_table",
 ]
@@ -133,8 +135,43 @@ def read_toml(path: Path) -> dict[str, Any]:
 _last_built: dict[Path, dict[str, Built]] = {}
 
 
-def load(path: Path) -> Manifest:
+@attrs.frozen
+class Parsed:
+    """A manifest file read and parsed, not yet checked: `load` takes it on from here.
+
+    `reads_files` says whether loading it reads more files (an `include`, or an agent
+    with a `path`, whose folder is read and digested): blocking work that a caller on an
+    event loop runs in a worker thread, while a small manifest without either may load
+    inline (docs/manifest.md, "Limits").
+    """
+
+    path: Path
+    doc: dict[str, Any]
+
+    @property
+    def reads_files(self) -> bool:
+        settings, agents = self.doc.get("supervisor"), self.doc.get("agents")
+        if isinstance(settings, dict) and settings.get("include"):
+            return True
+        if not isinstance(agents, dict):
+            return False
+        return any(isinstance(table, dict) and "path" in table for table in agents.values())
+
+
+def parse(path: Path) -> Parsed:
+    """Read and parse the manifest file `path`, for `load`.
+
+    Raises:
+      ManifestError: the file cannot be read (or is not a regular file), or is not
+        valid TOML.
+    """
+    return Parsed(path, read_toml(path))
+
+
+def load(source: Path | Parsed) -> Manifest:
     """Read and validate a manifest, with its included files and folder agents.
+
+    `source` is the manifest's path, or the manifest as `parse` read it.
 
     Relative paths (`include` globs, `path`, `cwd`, `state_file`, `api_token_file`)
     resolve against the manifest's folder, in included files too; a relative `cwd` in a
@@ -143,10 +180,12 @@ def load(path: Path) -> Manifest:
     Raises:
       ManifestError: holding every problem found, each as ``FILE: PATH: message``.
     """
+    parsed = source if isinstance(source, Parsed) else parse(source)
+    path = parsed.path
     label = str(path)
     base = Path(os.path.dirname(os.path.abspath(path)))
     problems = Problems()
-    tables = file_tables(Document, read_toml(path), label, problems)
+    tables = file_tables(Document, parsed.doc, label, problems)
     settings = _settings(tables.supervisor, label, base, problems)
     included = list(_included(settings.include, path, base, problems))
     defaults = read_defaults(tables.defaults, label, base, problems)
