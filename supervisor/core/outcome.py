@@ -29,3 +29,24 @@ def describe_exception(exc: BaseException) -> str:
     """``"ValueError: boom"``, or only the type's name when the text is empty."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# The module whose SIGINT handler raises KeyboardInterrupt (a test holds it to trio's).
+_TRIO_KI_MODULE = "trio._core._ki"
+
+
+def is_signal_interrupt(exc: BaseException) -> bool:
+    """Whether `exc` is or holds a ``KeyboardInterrupt`` that trio raised for a SIGINT.
+
+    trio's SIGINT handler raises it in whatever code was running, an in-process agent's
+    too; an agent's own ``raise KeyboardInterrupt`` is told apart by where it was raised:
+    its innermost frame is the agent's, not trio's handler's.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_signal_interrupt(inner) for inner in exc.exceptions)
+    if not isinstance(exc, KeyboardInterrupt):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") == _TRIO_KI_MODULE

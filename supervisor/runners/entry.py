@@ -42,7 +42,7 @@ from types import CodeType, ModuleType
 from typing import TypeGuard
 
 from supervisor.context import AgentContext
-from supervisor.core.outcome import describe_exception
+from supervisor.core.outcome import describe_exception, is_signal_interrupt
 from supervisor.manifest import AgentSpec
 
 AgentMain = Callable[[AgentContext], Awaitable[object]]
@@ -90,7 +90,9 @@ def load_entry(spec: AgentSpec) -> AgentMain:
             module = _import_from_root(module_name, spec.root)
         else:
             module = _import_fresh(module_name, spec.root)
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:  # KeyboardInterrupt, GeneratorExit: the agent's too
+        if is_signal_interrupt(exc):
+            raise
         raise EntryError(f"cannot import {entry!r}: {describe_exception(exc)}") from exc
     target = _resolve(module, qualname, entry)
     if not _is_async_callable(target):

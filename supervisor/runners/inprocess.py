@@ -10,7 +10,12 @@ has an ``entry``. One call is one start of the agent:
    message a user can act on, never an exception.
 2. **Run.** The entry is called with a new `AgentContext`. Returning is exit code 0,
    ``SystemExit(n)`` is exit code n, any other exception is a failure described as
-   ``"ValueError: boom"``; the traceback is logged under the agent's name.
+   ``"ValueError: boom"``; the traceback is logged under the agent's name. That holds for
+   every `BaseException` the agent raises, ``KeyboardInterrupt`` and ``GeneratorExit``
+   and exception groups of them included: an agent cannot end the supervisor. Only the
+   supervisor's own cancellation (a stop) propagates, and a ``KeyboardInterrupt`` that
+   trio raised for a real SIGINT (`is_signal_interrupt`: the supervisor's signal task
+   normally takes SIGINT first, as a graceful stop).
 3. **Stop.** A stop is the cancellation of `run_inprocess` (the slot cancels the scope
    around it). It has two phases: first ``ctx.stopping`` is set, then the agent is
    cancelled, so its ``finally`` blocks and ``async with`` exits run, once. Awaits
@@ -42,7 +47,7 @@ import copy
 import trio
 
 from supervisor.context import AgentContext
-from supervisor.core.outcome import Outcome, describe_exception
+from supervisor.core.outcome import Outcome, describe_exception, is_signal_interrupt
 from supervisor.logs import agent_log
 from supervisor.manifest import AgentSpec
 from supervisor.runners import Hooks
@@ -70,7 +75,8 @@ async def run_inprocess(spec: AgentSpec, hooks: Hooks) -> Outcome:
         is set, the agent is cancelled, its cleanup runs (awaits in ``ctx.cleanup()``
         get up to `stop_timeout`), and then the cancellation propagates. Errors the agent
         raises while being stopped are logged, not returned.
-      KeyboardInterrupt: if the agent raises it.
+      KeyboardInterrupt: only trio's own, for a SIGINT to the process; one the agent
+        raises is its failure.
     """
     try:
         main = load_entry(spec)
@@ -123,8 +129,8 @@ class _AgentRun:
 
     def _outcome_of(self, exc: BaseException) -> Outcome:
         """Classify what the agent raised, and log it (runs in the ``except`` clause)."""
-        if _contains(exc, KeyboardInterrupt):
-            self._interrupt = exc
+        if is_signal_interrupt(exc):
+            self._interrupt = exc  # a Ctrl-C to the supervisor, not the agent's doing
             return Outcome(error="KeyboardInterrupt")
         errors = _without_cancelled(exc)
         if errors is None:
@@ -139,12 +145,6 @@ class _AgentRun:
         else:
             self._ctx.log.error("crashed: %s", outcome.error, exc_info=errors)
         return outcome
-
-
-def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(kind) is not None
-    return isinstance(exc, kind)
 
 
 def _without_cancelled(exc: BaseException) -> BaseException | None:

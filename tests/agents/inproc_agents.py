@@ -7,6 +7,9 @@ without sharing state with it.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import anyio
 import trio
 
@@ -48,6 +51,43 @@ async def exits_in_child(ctx: AgentContext) -> None:
 
 async def interrupts(ctx: AgentContext) -> None:
     raise KeyboardInterrupt
+
+
+async def interrupts_in_child(ctx: AgentContext) -> None:
+    async def child() -> None:
+        raise KeyboardInterrupt
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(child)
+
+
+async def raises_base_exception(ctx: AgentContext) -> None:
+    """Raises what `params["raise"]` names: a BaseException or a group of them."""
+    raise {
+        "GeneratorExit": GeneratorExit("closed"),
+        "SystemExit+ValueError": BaseExceptionGroup("g", [SystemExit(3), ValueError("v")]),
+        "KeyboardInterrupt+ValueError": BaseExceptionGroup(
+            "g", [KeyboardInterrupt(), ValueError("v")]
+        ),
+        "KeyboardInterrupt+SystemExit": BaseExceptionGroup(
+            "g", [KeyboardInterrupt(), SystemExit(1)]
+        ),
+    }[ctx.params["raise"]]
+
+
+async def interrupted_by_sigint(ctx: AgentContext) -> None:
+    """Sends SIGINT to its own process while running (trio's handler raises it here)."""
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(10**9):  # the handler runs between bytecodes, long before this ends
+        pass
+
+
+async def interrupts_while_stopping(ctx: AgentContext) -> None:
+    try:
+        ctx.ready()
+        await trio.sleep_forever()
+    finally:
+        raise KeyboardInterrupt
 
 
 async def echoes_params(ctx: AgentContext) -> None:

@@ -245,3 +245,28 @@ def test_a_running_supervisor_refuses_hostile_folders_and_still_answers(
         assert '"pipe" is a FIFO' in answer.json()["error"]
         sup.signal(signal.SIGTERM)
         assert sup.wait_exit() == 0
+
+
+# --- An in-process agent's KeyboardInterrupt is its own; the supervisor's SIGINT works ---
+
+INTERRUPTS = "async def main(ctx):\n    raise KeyboardInterrupt\n"
+
+
+def test_an_agents_keyboard_interrupt_is_its_failure_and_sigint_still_stops(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "ki"
+    folder.mkdir()
+    (folder / "agent.py").write_text(INTERRUPTS)
+    idle = folder_agent(tmp_path)
+    manifest = tmp_path / "agents.toml"
+    manifest.write_text(
+        f'[agents.ki]\npath = "ki"\nrestart = "never"\n[agents.idle]\npath = "{idle.name}"\n'
+    )
+    with SupervisorProcess(manifest) as sup:
+        sup.wait_log("crashed: KeyboardInterrupt")
+        sup.wait_log("ki: failed")
+        assert sup.proc.poll() is None, sup.output()
+        sup.signal(signal.SIGINT)
+        assert sup.wait_exit() == 0, sup.output()
+        assert "SIGINT: stopping gracefully" in sup.output()

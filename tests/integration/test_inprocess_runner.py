@@ -185,9 +185,60 @@ async def test_system_exit_in_a_child_task_is_its_exit_code(
         assert (await run(agent("exits_in_child")))[0] == Outcome(code=4)
 
 
-async def test_keyboard_interrupt_propagates(autojump_clock: trio.testing.MockClock) -> None:
-    with trio.fail_after(5), pytest.raises(KeyboardInterrupt):
-        await run(agent("interrupts"))
+@pytest.mark.parametrize(
+    ("name", "params", "error"),
+    [
+        ("interrupts", {}, "KeyboardInterrupt"),
+        ("interrupts_in_child", {}, "KeyboardInterrupt"),
+        ("raises_base_exception", {"raise": "GeneratorExit"}, "GeneratorExit: closed"),
+        (
+            "raises_base_exception",
+            {"raise": "KeyboardInterrupt+ValueError"},
+            "2 exceptions: KeyboardInterrupt; ValueError: v",
+        ),
+        (
+            "raises_base_exception",
+            {"raise": "KeyboardInterrupt+SystemExit"},
+            "2 exceptions: KeyboardInterrupt; SystemExit: 1",
+        ),
+        (
+            "raises_base_exception",
+            {"raise": "SystemExit+ValueError"},
+            "2 exceptions: SystemExit: 3; ValueError: v",
+        ),
+    ],
+)
+async def test_base_exceptions_of_an_agent_are_its_failure(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    params: dict[str, str],
+    error: str,
+) -> None:
+    """KeyboardInterrupt, GeneratorExit and groups of them end the agent, not the caller."""
+    with trio.fail_after(5):
+        outcome, _ = await run(agent(name, params=params))
+    assert outcome == Outcome(error=error)
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.getMessage() == f"crashed: {error}"
+    assert record.exc_info is not None
+
+
+async def test_a_keyboard_interrupt_while_stopping_is_logged_and_the_stop_goes_on(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    hooks = Recorder()
+    with trio.fail_after(5):
+        await run_and_stop(agent("interrupts_while_stopping", ready="notify"), hooks, "ready")
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert record.getMessage() == "raised while stopping: KeyboardInterrupt"
+
+
+def test_trios_keyboard_interrupt_for_a_real_sigint_still_propagates() -> None:
+    """A SIGINT that trio's own handler turns into KeyboardInterrupt inside the agent's
+    code (no signal receiver installed) is the process's Ctrl-C: it ends `trio.run`."""
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(run, agent("interrupted_by_sigint"))
 
 
 async def test_params_are_passed_as_the_agents_own_copy(
@@ -245,6 +296,8 @@ async def test_an_entry_that_cannot_load_is_a_failed_start(
         ("raise RuntimeError('no config')\n", "RuntimeError: no config"),
         ("import nosuchdependency\n", "ModuleNotFoundError: No module named 'nosuchdependency'"),
         ("import sys\nsys.exit(2)\n", "SystemExit: 2"),
+        ("raise KeyboardInterrupt\n", "KeyboardInterrupt"),
+        ("raise GeneratorExit\n", "GeneratorExit"),
     ],
 )
 async def test_a_module_that_fails_to_import_is_a_failed_start(
