@@ -3,97 +3,60 @@
 Reload, load, unload, start, stop, restart and shutdown are requests sent to the owner
 over a memory channel, executed one at a time, each answered to its caller. Nothing else
 changes `slots`, so there are no locks and no check-then-insert races: a request for an
-id that is mid-start or mid-stop is answered by the owner, which knows.
+id that is mid-start or mid-stop is answered by the owner, which knows. The few places
+that touch slots from elsewhere (`fence`, `kill_all`) are listed, with why each is safe,
+in docs/architecture.md.
 
 Readers (the API, metrics) read `slots` and `Slot.statistics()` directly: reads are sync
 and the table only changes between the owner's awaits.
+
+What is desired is a pure function of the manifest and the API overlay
+(`supervisor.overlay.desired_state`); where agents run, and whether one may start now,
+the placement says (`supervisor.placement`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 
 from supervisor import manifest as mf
-from supervisor import statefile
-from supervisor.core.plan import Plan, plan, stop_waves
+from supervisor import table as slot_table
+from supervisor.control import ControlRequests
+from supervisor.core.plan import Plan, plan
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
+from supervisor.overlay import Desired, Overlay, StateNotSaved, desired_state
 from supervisor.placement import LocalPlacement, Placement
+from supervisor.requests import Conflict, NotFound, ReloadResult, ShuttingDown, StartFailed
+from supervisor.requests import Reply as _Reply
 from supervisor.runners import Runner
 from supervisor.runners.dispatch import make_runner
 from supervisor.slot import Slot
 
-TERMINATION_LOG = Path("/dev/termination-log")
+__all__ = [
+    "Conflict",
+    "NotFound",
+    "ReloadResult",
+    "ShuttingDown",
+    "StartFailed",
+    "StateNotSaved",
+    "Supervisor",
+]
+
 # Manifests larger than this are read in a worker thread: parsing 10,000 agents takes
 # ~100 ms that the loop should not be blocked for; small ones are not worth the hop.
 BIG_MANIFEST = 256 * 1024
 
-
-class NotFound(LookupError):
-    """No agent has that id."""
-
-
-class Conflict(Exception):
-    """The request clashes with the agent's current state or origin."""
-
-
-class StartFailed(Exception):
-    """An agent loaded over the API failed its first start; nothing was kept."""
-
-
-class StateNotSaved(StartFailed):
-    """The state file could not be written: an agent loaded over the API is not kept."""
-
-
-class ShuttingDown(Exception):
-    """The supervisor is stopping and takes no more requests."""
-
-
-@attrs.frozen
-class ReloadResult:
-    started: tuple[str, ...]
-    stopped: tuple[str, ...]
-    restarted: tuple[str, ...]
-    unchanged: tuple[str, ...]
-
-
-class _Reply:
-    """A one-shot answer a caller waits for."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def set(self, value: Any) -> None:
-        self._value = value
-        self._event.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._event.set()
-
-    async def wait(self) -> Any:
-        await self._event.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
 _Op = Callable[[], Awaitable[Any]]
 
 
-class Supervisor:
+class Supervisor(ControlRequests):
     """Owns the slot table. Create it, then run `run()` in a nursery.
 
     Args:
@@ -113,7 +76,7 @@ class Supervisor:
         self.manifest = manifest
         self.placement: Placement = placement or LocalPlacement()
         self.slots: dict[str, Slot] = {}
-        self.overlay: dict[str, dict[str, Any]] = {}  # API agents: their tables, as sent
+        self.overlay = Overlay(manifest.settings.state_file)  # API agents, as sent
         self.exit_code = 0
         self.exit_message = ""
         self.reloads_ok = 0
@@ -133,10 +96,9 @@ class Supervisor:
         """Start the manifest's agents, serve requests until shutdown; return the exit code."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self.placement.shared_overlay is None:
-                self._load_state_file()
-            desired, sources = await self._desired(self.manifest)
-            await self._converge(desired, sources)  # no checkpoint with nothing to stop
+            if self.placement.shared_overlay is None and self.overlay.path is not None:
+                await trio.to_thread.run_sync(self.overlay.load, self.manifest)  # reads folders
+            await self._converge(await self._desired(self.manifest))
             task_status.started()
             async for op, reply in self._recv:
                 try:
@@ -191,33 +153,36 @@ class Supervisor:
 
     async def wait_started(self, ids: tuple[str, ...]) -> dict[str, str]:
         """Wait for the starts of `ids` to settle; return {id: reason} of those that failed."""
-        failed: dict[str, str] = {}
-
-        async def one(agent_id: str) -> None:
-            slot = self.slots.get(agent_id)
-            if slot is not None and slot.active:
-                why = await slot.wait_started()
-                if why is not None:
-                    failed[agent_id] = why
-
-        async with trio.open_nursery() as nursery:
-            for agent_id in ids:
-                nursery.start_soon(one, agent_id)
-        return failed
+        return await slot_table.wait_started(self.slots, ids)
 
     async def _do_reload(self) -> None:
+        """One reload pass; every caller waiting on it is answered, whatever happens."""
         replies, self._reload_replies = self._reload_replies or [], None
         try:
-            new = await self._read_manifest()
-            desired, sources = await self._desired(new)
-        except ManifestError as exc:
+            result = await self._reload_once()
+        except BaseException as exc:
             self.reloads_failed += 1
-            log.error("reload failed, nothing changed:\n%s", exc)
+            error: Exception = ShuttingDown("the supervisor is shutting down")
+            if isinstance(exc, ManifestError):
+                error = exc
+            elif isinstance(exc, Exception):  # any other failure is answered too
+                why = f"{self.manifest.path}: reload failed: {type(exc).__name__}: {exc}"
+                error = ManifestError([why])
+            log.error("reload failed, nothing changed:\n%s", error)
             for reply in replies:
-                reply.fail(exc)
+                reply.fail(error)
+            if not isinstance(exc, Exception):
+                raise
             return
-        self.manifest = new
-        p = await self._converge(desired, sources)
+        for reply in replies:
+            reply.set(result)
+
+    async def _reload_once(self) -> ReloadResult:
+        new = await self._read_manifest()
+        desired = await self._desired(new)  # ManifestError: refused, nothing changed
+        self.manifest = new  # accepted: from here on the new manifest is in force
+        self.overlay.drop(desired.shadowed)
+        p = await self._converge(desired)
         self.reloads_ok += 1
         self.last_reload = time.time()
         result = ReloadResult(
@@ -230,10 +195,9 @@ class Supervisor:
             len(p.restart),
             len(p.unchanged),
         )
-        for reply in replies:
-            reply.set(result)
+        return result
 
-    async def _converge(self, desired: dict[str, AgentSpec], sources: Mapping[str, Source]) -> Plan:
+    async def _converge(self, desired: Desired) -> Plan:
         """Apply `plan(live, desired)` over the agents placed here; return it as applied.
 
         Around the placement (`supervisor.placement`): stop, then `settle` (which
@@ -241,7 +205,7 @@ class Supervisor:
         start what it allows. A slot whose last start the placement refused is launched
         again when it now may start.
         """
-        placed = self.placement.placed(desired)
+        placed, sources = self.placement.placed(desired.specs), desired.sources
         live = {i: s.spec for i, s in self.slots.items()}
         p = plan(live, placed)
         await self._stop_slots(p.stop + p.restart)
@@ -292,8 +256,7 @@ class Supervisor:
 
     async def _do_reconcile(self) -> None:
         self._reconcile_queued = False
-        desired, sources = await self._desired(self.manifest)
-        await self._converge(desired, sources)
+        await self._converge(await self._desired(self.manifest))
 
     async def fence(self, deadline: float) -> None:
         """Stop every agent by `deadline` (trio time), SIGKILLing what is left then.
@@ -301,22 +264,11 @@ class Supervisor:
         For a cluster member that lost its lease: once it may have expired, others start
         these agents. Called by the member's task, not through the owner's queue, since
         it must not wait behind a request in progress; it only stops slots (idempotent)
-        and kills their groups. The cluster no longer holds any key, so the owner starts
-        nothing meanwhile. The slots it stopped count as refused: the first reconcile
-        after the member joined again claims their keys and starts them again.
+        and kills their groups. The placement no longer allows any start, so the owner
+        starts nothing meanwhile. The slots it stopped count as refused: the first
+        reconcile after the member joined again claims their keys and starts them again.
         """
-        slots = [slot for slot in self.slots.values() if slot.active]
-        for slot in slots:
-            slot.stop()
-        with trio.move_on_at(deadline):
-            for slot in slots:
-                await slot.wait_stopped()
-        self.kill_all()
-        for slot in slots:
-            await slot.wait_stopped()
-            if not slot.active:  # started again once allowed, like a refused start
-                slot.refused = slot.refused or "stopped by a fence"
-        log.info("cluster: %d agents stopped", len(slots))
+        await slot_table.fence([slot for slot in self.slots.values() if slot.active], deadline)
         self.request_reconcile()
 
     async def _read_manifest(self) -> Manifest:
@@ -335,70 +287,19 @@ class Supervisor:
             return await trio.to_thread.run_sync(mf.load, parsed)
         return mf.load(parsed)
 
-    async def _desired(self, m: Manifest) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
-        """The manifest's agents plus the API overlay's (the manifest wins an id)."""
+    async def _desired(self, m: Manifest) -> Desired:
+        """What `m` and the overlay in force (the placement's shared one, or ours) want.
+
+        In a worker thread if an API agent is a folder agent, whose files it reads."""
         shared = self.placement.shared_overlay
-        if shared is not None:  # e.g. the cluster's, in etcd: loads are not ours to keep
-            known = {**m.agents, **shared}
-            return _shared_desired(
-                m.agents,
-                shared,
-                lambda agent_id, table: self._spec_from_table(agent_id, table, known),
-            )
-        desired = dict(m.agents)
-        sources: dict[str, Source] = dict.fromkeys(desired, "manifest")
-        errors: list[str] = []
-        for agent_id, table in list(self.overlay.items()):
-            if agent_id in desired:
-                log.warning("%s: now declared in the manifest; the API's copy is dropped", agent_id)
-                del self.overlay[agent_id]
-                self._save_state_or_log()
-                continue
-            try:
-                desired[agent_id] = await self._spec_off_loop(
-                    agent_id, table, known=desired, label=self._state_label
-                )
-                sources[agent_id] = "api"
-            except ManifestError as exc:
-                errors.extend(exc.errors)
-        if errors:
-            raise ManifestError(errors)
-        return desired, sources
-
-    def _spec_from_table(
-        self,
-        agent_id: str | None,
-        table: dict[str, Any],
-        known: Mapping[str, Any],
-        label: str = "request",
-    ) -> AgentSpec:
-        """Validate an API agent's table; errors are located in `label` (the request's
-        body, or the state file it was read back from)."""
-        return mf.agent_from_table(
-            agent_id,
-            table,
-            base=self.manifest.path.parent,
-            defaults=self.manifest.defaults,
-            known_ids=list(known),
-            label=label,
-        )
-
-    async def _spec_off_loop(
-        self,
-        agent_id: str | None,
-        table: dict[str, Any],
-        known: Mapping[str, Any],
-        label: str = "request",
-    ) -> AgentSpec:
-        """`_spec_from_table`, in a worker thread for a folder agent, whose files it reads."""
-        check = partial(self._spec_from_table, agent_id, table, dict.fromkeys(known), label)
-        if "path" in table:
-            return await trio.to_thread.run_sync(check)
-        return check()
-
-    @property
-    def _state_label(self) -> str:
-        return str(self.manifest.settings.state_file or "the API overlay")
+        if shared is not None:
+            compute = partial(desired_state, m, dict(shared), shared=True)
+        else:
+            compute = partial(desired_state, m, self.overlay.tables, label=self.overlay.label)
+        tables = compute.args[1]
+        if any("path" in table for table in tables.values()):
+            return await trio.to_thread.run_sync(compute)
+        return compute()
 
     # -- starting and stopping slots --------------------------------------------------
 
@@ -425,29 +326,10 @@ class Supervisor:
         return slot
 
     async def _stop_slots(self, ids: tuple[str, ...] | list[str]) -> None:
-        """Stop `ids` in reverse `after` order, concurrently within each wave."""
-        specs = {i: self.slots[i].spec for i in ids}
-        for wave in stop_waves(ids, specs):
-            async with trio.open_nursery() as nursery:
-                for agent_id in wave:
-                    slot = self.slots[agent_id]
-                    slot.stop()
-                    nursery.start_soon(slot.wait_stopped)
+        await slot_table.stop_slots(self.slots, ids)
 
     async def _wait_after(self, spec: AgentSpec) -> str | None:
-        """Wait until every agent `spec` is `after` is running (or exited ok)."""
-        for dep in spec.after:
-            while True:
-                slot = self.slots.get(dep)
-                if slot is None:
-                    await self.table_changed.wait()
-                    continue
-                if slot.up:
-                    break
-                if slot.state in ("failed", "exited"):
-                    return f"dependency {dep!r} failed"
-                await slot.changed.wait()
-        return None
+        return await slot_table.wait_after(self.slots, lambda: self.table_changed, spec)
 
     def _table_changed(self) -> None:
         self.table_changed.set()
@@ -467,122 +349,7 @@ class Supervisor:
         self.exit_code = 3
         self.exit_message = f"critical agent {slot.spec.id!r} failed: {slot.reason}"
         log.error("%s; shutting down", self.exit_message)
-        if TERMINATION_LOG.exists():  # Kubernetes' termination message; never create it
-            try:
-                TERMINATION_LOG.write_text(self.exit_message + "\n")
-            except OSError:
-                pass  # not writable: stdout has it
         self.request_shutdown()
-
-    # -- control requests -------------------------------------------------------------
-
-    async def load(self, table: dict[str, Any]) -> Slot:
-        """Load an agent (`table` is its keys plus optional "id"); return once running.
-
-        Raises ManifestError (invalid), Conflict (id taken), StartFailed (first start
-        failed: nothing kept). If the caller goes away, the load still completes or is
-        undone whole by the owner.
-        """
-        done: _Reply = await self._call(partial(self._do_load, table))
-        slot: Slot = await done.wait()
-        return slot
-
-    async def _do_load(self, table: dict[str, Any]) -> _Reply:
-        body = dict(table)
-        agent_id = body.pop("id", None)
-        if agent_id is not None and not isinstance(agent_id, str):
-            raise ManifestError([f"request: id: must be a string, not {agent_id!r}"])
-        spec = await self._spec_off_loop(agent_id, body, known=self.slots)
-        if spec.id in self.slots:
-            raise Conflict(f"agent {spec.id!r} already exists")
-        slot = self._add(spec, "api")
-        done = _Reply()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._settle_load, slot, body, done)
-        return done
-
-    async def _settle_load(self, slot: Slot, table: dict[str, Any], done: _Reply) -> None:
-        why = await slot.wait_started() if slot.active else None
-        error: StartFailed | None = None
-        if why is None:
-            self.overlay[slot.spec.id] = table
-            try:
-                self._save_state()
-            except StateNotSaved as exc:
-                del self.overlay[slot.spec.id]
-                error = exc
-            else:
-                log.info("%s: loaded over the API", slot.spec.id)
-                done.set(slot)
-                return
-        try:
-            await self._call(partial(self._forget, slot))
-        except ShuttingDown:
-            pass
-        done.fail(error or StartFailed(f"agent {slot.spec.id!r} failed to start: {why}"))
-
-    async def _forget(self, slot: Slot) -> None:
-        if self.slots.get(slot.spec.id) is slot:
-            await self._stop_slots([slot.spec.id])
-            del self.slots[slot.spec.id]
-            self._table_changed()
-
-    async def unload(self, agent_id: str) -> None:
-        """Stop and remove an agent loaded over the API; return after its cleanup ran."""
-        await self._call(partial(self._do_unload, agent_id))
-
-    async def _do_unload(self, agent_id: str) -> None:
-        slot = self._get(agent_id)
-        if slot.source == "manifest":
-            raise Conflict(
-                f"agent {agent_id!r} is declared in {self.manifest.path}; remove it there and reload"
-            )
-        await self._forget(slot)
-        if self.overlay.pop(agent_id, None) is not None:
-            self._save_state_or_log()
-        log.info("%s: unloaded over the API", agent_id)
-
-    async def start(self, agent_id: str) -> Slot:
-        """Start a stopped, exited or failed agent; return once its start settled."""
-        slot: Slot = await self._call(partial(self._do_start, agent_id))
-        await slot.wait_started()
-        return slot
-
-    async def _do_start(self, agent_id: str) -> Slot:
-        slot = self._get(agent_id)
-        why = self.placement.may_start(agent_id)
-        if why is not None:
-            raise Conflict(f"agent {agent_id!r} may not start here now: {why}; retry later")
-        if not slot.active:
-            assert self._nursery is not None
-            slot.launch(self._nursery)
-        return slot
-
-    async def stop(self, agent_id: str) -> Slot:
-        """Stop an agent (it stays declared, ``stopped``); return after its cleanup ran."""
-        slot: Slot = await self._call(partial(self._do_stop, agent_id))
-        return slot
-
-    async def _do_stop(self, agent_id: str) -> Slot:
-        slot = self._get(agent_id)
-        await self._stop_slots([agent_id])
-        return slot
-
-    async def restart(self, agent_id: str) -> Slot:
-        """Stop then start an agent; return once the new start settled."""
-        slot: Slot = await self._call(partial(self._do_restart, agent_id))
-        await slot.wait_started()
-        return slot
-
-    async def _do_restart(self, agent_id: str) -> Slot:
-        await self._do_stop(agent_id)
-        return await self._do_start(agent_id)
-
-    def _get(self, agent_id: str) -> Slot:
-        try:
-            return self.slots[agent_id]
-        except KeyError:
-            raise NotFound(f"no agent {agent_id!r}") from None
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -606,71 +373,4 @@ class Supervisor:
 
     def kill_all(self) -> None:
         """SIGKILL every agent's process group now (a second SIGTERM, or a timeout)."""
-        for slot in self.slots.values():
-            if slot.pid is not None:
-                try:
-                    os.killpg(slot.pid, signal.SIGKILL)
-                except OSError:
-                    pass  # already gone
-
-    # -- the API overlay's state file -------------------------------------------------
-
-    def _load_state_file(self) -> None:
-        path = self.manifest.settings.state_file
-        if path is None or not path.exists():
-            return
-        try:
-            tables = statefile.read(path)
-            known = {**self.manifest.agents, **tables}
-            for agent_id, table in tables.items():
-                if agent_id not in self.manifest.agents:  # the manifest wins
-                    self._spec_from_table(agent_id, table, known, label=str(path))
-                    self.overlay[agent_id] = table
-        except ManifestError as exc:
-            self.overlay.clear()
-            statefile.set_aside(path, exc)
-
-    def _save_state(self) -> None:
-        """Write the overlay to `state_file` (atomically).
-
-        Raises:
-          StateNotSaved: the file could not be written (nothing was replaced).
-        """
-        path = self.manifest.settings.state_file
-        if path is None:
-            return
-        try:
-            statefile.write(path, self.overlay)
-        except OSError as exc:
-            raise StateNotSaved(f"cannot write the state file {path}: {exc.strerror or exc}")
-
-    def _save_state_or_log(self) -> None:
-        """`_save_state` where the change stands anyway (an unload): log a failure."""
-        try:
-            self._save_state()
-        except StateNotSaved as exc:
-            log.error("%s; it will not reflect the last change", exc)
-
-
-def _shared_desired(
-    agents: Mapping[str, AgentSpec],
-    overlay: Mapping[str, dict[str, Any]],
-    spec: Callable[[str, dict[str, Any]], AgentSpec],
-) -> tuple[dict[str, AgentSpec], dict[str, Source]]:
-    """The manifest's `agents` plus a shared overlay's, each made a spec by `spec`.
-
-    The manifest wins an id. An overlay entry invalid here is left out with a warning
-    rather than refused: another supervisor wrote it, and it must not keep this one from
-    converging.
-    """
-    desired = dict(agents)
-    sources: dict[str, Source] = dict.fromkeys(desired, "manifest")
-    for agent_id, table in overlay.items():
-        if agent_id in desired:
-            continue
-        try:
-            desired[agent_id] = spec(agent_id, table)
-            sources[agent_id] = "api"
-        except ManifestError as exc:
-            log.warning("shared overlay: %s left out: %s", agent_id, "; ".join(exc.errors))
-    return desired, sources
+        slot_table.kill_all(self.slots.values())

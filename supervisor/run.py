@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from supervisor.placement import Placement
 
 EXIT_OK, EXIT_INVALID, EXIT_CRITICAL = 0, 2, 3
+TERMINATION_LOG = Path("/dev/termination-log")
 
 
 def run_main(
@@ -116,8 +117,19 @@ async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None)
             keeper.close()
     if sup.exit_message:
         print(sup.exit_message, flush=True)
+        _write_termination_log(sup.exit_message)
     log.info("stopped (exit %d)", code)
     return code
+
+
+def _write_termination_log(message: str) -> None:
+    """Kubernetes' termination message (docs/operations.md): written only if the file
+    exists, never created."""
+    if TERMINATION_LOG.exists():
+        try:
+            TERMINATION_LOG.write_text(message + "\n")
+        except OSError:
+            pass  # not writable: stdout has it
 
 
 def _member(join: Joining) -> ClusterMember:

@@ -25,7 +25,7 @@ from starlette.types import ExceptionHandler
 
 from supervisor.logs import log
 from supervisor.manifest import ManifestError
-from supervisor.owner import Conflict, NotFound, ShuttingDown, StartFailed
+from supervisor.owner import Conflict, NotFound, ShuttingDown, StartFailed, StateNotSaved
 
 
 class ApiError(Exception):
@@ -49,7 +49,7 @@ class ApiError(Exception):
 # -- the owner's refusals -----------------------------------------------------------
 
 # What the owner raises when it refuses a request; `refusal` says what each answers.
-REFUSALS = (ManifestError, NotFound, Conflict, StartFailed, ShuttingDown)
+REFUSALS = (ManifestError, NotFound, Conflict, StartFailed, StateNotSaved, ShuttingDown)
 
 
 def refusal(exc: Exception) -> ApiError:
@@ -61,6 +61,8 @@ def refusal(exc: Exception) -> ApiError:
     if isinstance(exc, Conflict):
         return ApiError(409, str(exc))
     if isinstance(exc, StartFailed):
+        return ApiError(422, str(exc))
+    if isinstance(exc, StateNotSaved):  # the state file could not be written: nothing changed
         return ApiError(422, str(exc))
     assert isinstance(exc, ShuttingDown)
     return ApiError(503, str(exc))

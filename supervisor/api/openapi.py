@@ -38,7 +38,8 @@ _ERROR_TEXT = {
     404: "no agent has that id",
     409: "the id exists or is loading (POST), or is declared in the manifest (DELETE)",
     413: "the body is larger than 1 MiB",
-    422: "invalid agent keys or manifest (located messages in `errors`), or failed to start",
+    422: "invalid agent keys or manifest (located messages in `errors`), failed to start, "
+    "or the state file could not be written (e.g. a full disk): nothing changed",
     503: "the supervisor is shutting down",
 }
 _CHANGE = (401, 403, 503)  # what any route that changes something may answer
@@ -131,7 +132,7 @@ OPENAPI: dict[str, Any] = {
                 "operationId": "unloadAgent",
                 "parameters": [_ID],
                 "security": _BEARER,
-                "responses": _answers(("200", "unloaded", "Unloaded"), 404, 409, *_CHANGE),
+                "responses": _answers(("200", "unloaded", "Unloaded"), 404, 409, 422, *_CHANGE),
             },
         },
         "/agents/{id}/start": _control("start"),

@@ -281,7 +281,7 @@ def _value_problems(values: dict[str, Any], where: Where) -> list[tuple[str, str
     # state file, nor written in a manifest.
     params = values.get("params")
     if params and _has_null(params):
-        for path in _nulls(params, f"{where()}.params"):
+        for path in null_paths(params, f"{where()}.params"):
             found.append((path, "must not be null (TOML has no null; leave the key out)"))
     if values.get("path") == "":
         found.append((f"{where()}.path", "must not be empty"))
@@ -289,7 +289,7 @@ def _value_problems(values: dict[str, Any], where: Where) -> list[tuple[str, str
 
 
 def _has_null(value: Any) -> bool:
-    """Whether `value` is or holds a null; `_nulls` then says where."""
+    """Whether `value` is or holds a null; `null_paths` then says where."""
     if isinstance(value, dict):
         items: Iterable[Any] = value.values()
     elif isinstance(value, list):
@@ -303,16 +303,16 @@ def _has_null(value: Any) -> bool:
     return False
 
 
-def _nulls(value: Any, where: str) -> Iterator[str]:
+def null_paths(value: Any, where: str) -> Iterator[str]:
     """The paths of the nulls inside `value`."""
     if value is None:
         yield where
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _nulls(item, _join(where, key))
+            yield from null_paths(item, _join(where, key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from _nulls(item, f"{where}[{i}]")
+            yield from null_paths(item, f"{where}[{i}]")
 
 
 Limits = tuple[float | None, float | None]
