@@ -108,6 +108,7 @@ __all__ = [
     "Source",
     "agent_from_table",
     "folder_digest",
+    "included_files",
     "json_schema",
     "load",
     "parse",
@@ -188,6 +189,7 @@ def load(source: Path | Parsed) -> Manifest:
     tables = file_tables(Document, parsed.doc, label, problems)
     settings = _settings(tables.supervisor, label, base, problems)
     included = list(_included(settings.include, path, base, problems))
+    _check_state_file(settings.state_file, path, [p for p, _ in included], label, problems)
     defaults = read_defaults(tables.defaults, label, base, problems)
     reuse = _last_built.get(path, {})
     agents = Agents(base, os.path.dirname(path), defaults, problems, reuse)
@@ -276,6 +278,34 @@ def spec_to_table(spec: AgentSpec) -> dict[str, Any]:
 
 
 # --- The manifest's own keys: include and [supervisor] --------------------------------
+
+
+def included_files(m: Manifest) -> list[Path]:
+    """The files `m`'s `include` globs match now, in order, each once: the resolution
+    `load` uses (also for ``--watch``, `supervisor.watch`). Missing ones are left out."""
+    base = Path(os.path.dirname(os.path.abspath(m.path)))
+    return [p for p, _ in _included(m.settings.include, m.path, base, Problems())]
+
+
+def _check_state_file(
+    state_file: Path | None, manifest: Path, included: list[Path], label: str, problems: Problems
+) -> None:
+    """A state file is written over: never the manifest, an included file or a folder."""
+    if state_file is None:
+        return
+    if os.path.isdir(state_file):
+        message = f"{show(str(state_file))} is a folder; name a file (in it, say)"
+        problems.add(label, "supervisor.state_file", message)
+        return
+    real = os.path.realpath(state_file)
+    for other in (manifest, *included):
+        if os.path.realpath(other) == real:
+            message = (
+                f"{show(str(state_file))} is the manifest or a file it includes, which the "
+                "supervisor would overwrite; name a file of its own"
+            )
+            problems.add(label, "supervisor.state_file", message)
+            return
 
 
 def _included(
