@@ -52,7 +52,7 @@ class AgentContext:
     @property
     def log(self) -> AgentLog:
         if self._log is None:
-            self._log = agent_log(self.id)
+            self._log = agent_log(self.id, self._hooks.output)
         return self._log
 
     @property

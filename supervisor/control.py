@@ -48,6 +48,9 @@ class ControlRequests:
     def _table_changed(self) -> None:
         raise NotImplementedError
 
+    def _remove(self, agent_id: str) -> None:
+        raise NotImplementedError
+
     async def load(self, table: dict[str, Any]) -> Slot:
         """Load an agent (`table` is its keys plus optional "id"); return once running.
 
@@ -106,7 +109,7 @@ class ControlRequests:
     async def _forget(self, slot: Slot) -> None:
         if self.slots.get(slot.spec.id) is slot:
             await self._stop_slots([slot.spec.id])
-            del self.slots[slot.spec.id]
+            self._remove(slot.spec.id)
             self._table_changed()
 
     async def unload(self, agent_id: str) -> None:

@@ -1,9 +1,14 @@
 """Logging: the supervisor's own events and agents' output, as text or JSON lines.
 
 Everything goes through the ``supervisor`` logger. `setup()` (called by `supervisor run`)
-hands records to a queue that one writer thread drains to stdout, so a slow reader of our
-stdout never blocks the trio loop: logging costs the loop a queue put. Without `setup()`
-records propagate to the root logger as usual (pytest's caplog sees them).
+hands formatted lines to a queue that one writer thread drains to stdout, so a slow reader
+of our stdout never blocks the trio loop: logging costs the loop a queue put. The queue is
+bounded (`QUEUE_CHARS`): when stdout cannot keep up, agents' output lines are dropped and
+counted per agent (`dropped`, in /metrics, and a warning once stdout has room again); the
+supervisor's own records have as much room again before they are dropped too (counted in
+`own_dropped`). Agents' recent output is kept in full by their slots all the same
+(`supervisor.output`). Without `setup()` records propagate to the root logger as usual
+(pytest's caplog sees them).
 
 Text:  ``15:23:21.123 web | listening on :8000``      (agent output and ``ctx.log``)
        ``15:23:21.124 supervisor | INFO started web``  (the supervisor's own events)
@@ -14,23 +19,45 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import queue
 import sys
+import threading
 import time
-from collections.abc import MutableMapping
-from typing import Any, Literal
+from collections import Counter
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any, Literal, TextIO
+
+import trio
 
 LogFormat = Literal["text", "json"]
 
 log = logging.getLogger("supervisor")
 _output = logging.getLogger("supervisor.output")
 _agents = logging.getLogger("supervisor.agent")
-_listener: logging.handlers.QueueListener | None = None
+# Characters of formatted lines waiting for the writer thread before agents' output is
+# dropped; the supervisor's own records may use as much again. About 2-4 MiB of memory.
+QUEUE_CHARS = 1 << 20
+# Lines relayed between checkpoints when records go through `logging` (no `setup()`).
+LINES_PER_STEP = 256
+
+# Lines of agents' output not written to stdout because it was too slow, by agent id.
+dropped: Counter[str] = Counter()
+own_dropped = 0  # the supervisor's own records dropped so
+
+# Sink for an agent's lines: (stream, lines), stored in its recent output.
+LineSink = Callable[[str, Sequence[str]], None]
 
 
 class AgentLog(logging.LoggerAdapter[logging.Logger]):
-    """``ctx.log``: a logger whose records carry the agent's id."""
+    """``ctx.log``: a logger whose records carry the agent's id.
+
+    With a `sink`, every record at INFO or above (or below, if enabled) is also handed to
+    it as one line of stream "log": the agent's recent output (GET /agents/{id}/logs).
+    """
+
+    def __init__(self, logger: logging.Logger, agent_id: str, sink: LineSink | None) -> None:
+        super().__init__(logger, {"agent": agent_id})
+        self._sink = sink
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
@@ -38,15 +65,54 @@ class AgentLog(logging.LoggerAdapter[logging.Logger]):
         kwargs["extra"] = self.extra
         return msg, kwargs
 
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self._sink is not None and (level >= logging.INFO or self.isEnabledFor(level)):
+            self._sink("log", [_log_line(level, msg, args, kwargs.get("exc_info"))])
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller, not this
+        super().log(level, msg, *args, **kwargs)
 
-def agent_log(agent_id: str) -> AgentLog:
-    return AgentLog(_agents, {"agent": agent_id})
+
+def _log_line(level: int, msg: object, args: tuple[object, ...], exc_info: object) -> str:
+    try:
+        text = str(msg) % args if args else str(msg)
+    except (TypeError, ValueError):
+        text = f"{msg} {args}"
+    if level != logging.INFO:
+        text = f"{logging.getLevelName(level)} {text}"
+    if exc_info:
+        if not isinstance(exc_info, BaseException | tuple):
+            exc_info = sys.exc_info()
+        if isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        if exc_info[0] is not None:
+            text = f"{text}\n{_plain.formatException(exc_info)}"
+    return text
 
 
-def relay(agent_id: str, stream: str, line: str) -> None:
-    """Log one line of a process's output (stream is "stdout" or "stderr")."""
-    if _output.isEnabledFor(logging.INFO):
-        _output.info(line, extra={"agent": agent_id, "stream": stream})
+_plain = logging.Formatter()
+
+
+def agent_log(agent_id: str, sink: LineSink | None = None) -> AgentLog:
+    return AgentLog(_agents, agent_id, sink)
+
+
+async def relay_lines(agent_id: str, stream: str, lines: Sequence[str]) -> None:
+    """Write a batch of one process's output lines to stdout (stream "stdout"/"stderr").
+
+    With `setup()` done, the lines are formatted here and queued as one piece; those that
+    do not fit in the queue are counted in `dropped`. Otherwise each goes through
+    `logging`, LINES_PER_STEP between checkpoints. Checkpoints at least once either way.
+    """
+    writer = _writer
+    if writer is None:
+        for start in range(0, len(lines), LINES_PER_STEP):
+            if _output.isEnabledFor(logging.INFO):
+                for line in lines[start : start + LINES_PER_STEP]:
+                    _output.info(line, extra={"agent": agent_id, "stream": stream})
+            await trio.lowlevel.checkpoint()
+        return
+    writer.relay(agent_id, stream, lines)
+    await trio.lowlevel.checkpoint()
 
 
 class TextFormatter(logging.Formatter):
@@ -60,7 +126,7 @@ class TextFormatter(logging.Formatter):
         if agent is None:
             return f"{stamp} supervisor | {record.levelname} {msg}"
         if getattr(record, "stream", None) is not None:
-            return f"{stamp} {agent} | {msg}"
+            return f"{stamp} {agent} | {msg.translate(_ESCAPES)}"
         return f"{stamp} {agent} | {record.levelname} {msg}"
 
 
@@ -82,26 +148,141 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def setup(fmt: LogFormat = "text", level: str = "INFO") -> None:
-    """Send every ``supervisor`` record to stdout through a writer thread."""
-    global _listener
+# Control characters an agent could use to forge or hide lines on a terminal: shown
+# escaped in text logs (JSON escapes them itself). Not "\n": it separates lines.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c not in (9, 10)}
+
+
+class _Writer:
+    """A thread writing queued text to `stream`; the queue holds at most ~2 QUEUE_CHARS."""
+
+    def __init__(self, stream: TextIO, fmt: LogFormat) -> None:
+        self._stream = stream
+        self._json = fmt == "json"
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._queued = 0  # characters in the queue
+        self._thread = threading.Thread(target=self._run, name="supervisor-log", daemon=True)
+        self._thread.start()
+
+    def offer(self, text: str, *, own: bool) -> bool:
+        """Queue `text` (one or more lines, no final newline) if it fits; else False."""
+        size = len(text) + 1
+        with self._lock:
+            if self._queued + size > (2 * QUEUE_CHARS if own else QUEUE_CHARS):
+                return False
+            self._queued += size
+        self._queue.put(text)
+        return True
+
+    def relay(self, agent_id: str, stream: str, lines: Sequence[str]) -> None:
+        with self._lock:
+            room = QUEUE_CHARS - self._queued
+        if room <= 0:
+            dropped[agent_id] += len(lines)
+            return
+        now = time.time()
+        fit = 0
+        for line in lines:
+            room -= len(line) + len(agent_id) + 20
+            if room < 0:
+                break
+            fit += 1
+        if fit < len(lines):
+            dropped[agent_id] += len(lines) - fit
+        if fit == 0:
+            return
+        if self._json:
+            ts = round(now, 6)
+            text = "\n".join(
+                json.dumps(
+                    {"ts": ts, "level": "INFO", "agent": agent_id, "stream": stream, "msg": line},
+                    ensure_ascii=False,
+                )
+                for line in lines[:fit]
+            )
+        else:
+            prefix = f"{_stamp(now)} {agent_id} | "
+            text = prefix + f"\n{prefix}".join(lines[:fit]).translate(_ESCAPES)
+        if not self.offer(text, own=False):
+            dropped[agent_id] += fit
+
+    def close(self) -> None:
+        """Write what is queued, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (text := self._queue.get()) is not None:
+            parts = [text]
+            try:
+                while len(parts) < 64 and (more := self._queue.get_nowait()) is not None:
+                    parts.append(more)
+            except queue.Empty:
+                more = ""
+            self._write(parts)
+            if more is None:
+                break
+
+    def _write(self, parts: list[str]) -> None:
+        try:
+            self._stream.write("\n".join(parts) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stdout closed or broken: nothing else to tell it to
+        with self._lock:
+            self._queued -= sum(len(p) + 1 for p in parts)
+
+
+class _WriterHandler(logging.Handler):
+    """Formats each record in the caller's thread and offers it to the writer."""
+
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        global own_dropped
+        try:
+            text = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        agent = getattr(record, "agent", None)
+        if record.name == _output.name and agent is not None:
+            if not self._writer.offer(text, own=False):
+                dropped[agent] += 1
+        elif not self._writer.offer(text, own=True):
+            own_dropped += 1
+
+
+def _stamp(created: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(created)) + f".{int(created * 1000) % 1000:03d}"
+
+
+_writer: _Writer | None = None
+
+
+def setup(fmt: LogFormat = "text", level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Send every ``supervisor`` record to `stream` (stdout) through a writer thread."""
+    global _writer
     shutdown()
-    handler = logging.StreamHandler(sys.stdout)
+    _writer = _Writer(stream or sys.stdout, fmt)
+    handler = _WriterHandler(_writer)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(q, handler)
-    log.handlers[:] = [logging.handlers.QueueHandler(q)]
+    log.handlers[:] = [handler]
     log.setLevel(level.upper())
     # Agents' output is theirs, not a supervisor event: --log-level does not hide it.
     _output.setLevel(logging.INFO)
     log.propagate = False
-    _listener.start()
 
 
 def shutdown() -> None:
     """Flush what is queued and stop the writer thread."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        _listener = None
+    global _writer
+    if _writer is not None:
+        writer, _writer = _writer, None
+        log.handlers[:] = []
+        log.propagate = True
+        writer.close()
         sys.stdout.flush()

@@ -29,6 +29,7 @@ from supervisor import manifest as mf
 from supervisor import table as slot_table
 from supervisor.control import ControlRequests
 from supervisor.core.plan import Plan, plan
+from supervisor.events import EventBus
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
 from supervisor.overlay import Desired, Overlay, StateNotSaved, desired_state
@@ -83,6 +84,7 @@ class Supervisor(ControlRequests):
         self.reloads_failed = 0
         self.last_reload: float | None = None  # wall time
         self.table_changed = trio.Event()
+        self.events = EventBus()  # every change, once (docs/api.md, GET /events)
         self._runner = runner or make_runner()
         self._send, self._recv = trio.open_memory_channel[tuple[_Op, _Reply]](math.inf)
         self._reload_replies: list[_Reply] | None = None
@@ -108,6 +110,9 @@ class Supervisor(ControlRequests):
                 if self._shutting_down:
                     break
             self._refuse_pending()
+        for slot in self.slots.values():
+            slot.removed()  # followers of their output end, with their last lines
+        self.events.close()
         return self.exit_code
 
     async def _call(self, op: _Op) -> Any:
@@ -169,6 +174,8 @@ class Supervisor(ControlRequests):
                 why = f"{self.manifest.path}: reload failed: {type(exc).__name__}: {exc}"
                 error = ManifestError([why])
             log.error("reload failed, nothing changed:\n%s", error)
+            errors = error.errors if isinstance(error, ManifestError) else [str(error)]
+            self.events.publish("reload", {"ok": False, "errors": errors})
             for reply in replies:
                 reply.fail(error)
             if not isinstance(exc, Exception):
@@ -195,6 +202,7 @@ class Supervisor(ControlRequests):
             len(p.restart),
             len(p.unchanged),
         )
+        self.events.publish("reload", {"ok": True, "result": result})
         return result
 
     async def _converge(self, desired: Desired) -> Plan:
@@ -210,7 +218,7 @@ class Supervisor(ControlRequests):
         p = plan(live, placed)
         await self._stop_slots(p.stop + p.restart)
         for agent_id in p.stop:
-            del self.slots[agent_id]
+            self._remove(agent_id)
         for agent_id in p.unchanged:
             self.slots[agent_id].source = sources[agent_id]
         p = await self.placement.settle(p)
@@ -318,12 +326,20 @@ class Supervisor(ControlRequests):
             wait_after=self._wait_after,
             on_change=self._on_slot_change,
             may_start=self.placement.may_start,
+            events=self.events,
         )
+        previous = self.slots.get(spec.id)
+        if previous is not None:  # restarted by a reload: its recent output goes on
+            slot.keep_output_of(previous)
         self.slots[spec.id] = slot
         if spec.enabled:
             slot.launch(self._nursery)
         self._table_changed()
         return slot
+
+    def _remove(self, agent_id: str) -> None:
+        self.slots.pop(agent_id).removed()
+        self.events.publish("removed", {"id": agent_id})
 
     async def _stop_slots(self, ids: tuple[str, ...] | list[str]) -> None:
         await slot_table.stop_slots(self.slots, ids)
@@ -361,6 +377,7 @@ class Supervisor(ControlRequests):
 
     async def _do_shutdown(self) -> None:
         self._shutting_down = True
+        self.events.publish("shutdown", {"reason": self.exit_message or "requested"})
         timeout = self.manifest.settings.shutdown_timeout
         log.info("stopping %d agents (within %gs)", len(self.slots), timeout)
         with trio.move_on_after(timeout) as scope:

@@ -14,7 +14,8 @@ readers wait for a change at O(1) cost and nothing polls.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 import attrs
@@ -22,8 +23,10 @@ import trio
 
 from supervisor.core.outcome import ExitRecord, Outcome
 from supervisor.core.policy import Restart, RestartPolicy, describe, succeeded
+from supervisor.events import EventBus
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Source
+from supervisor.output import LineListener, RecentOutput
 from supervisor.runners import Runner
 
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
@@ -66,6 +69,7 @@ class Slot:
       may_start: asked right before every start, the first and each restart (sync, no
         await between it and the runner): None, or why not; then the slot ends
         ``stopped`` with that reason and `refused` set (see `supervisor.placement`).
+      events: where its changes of state, reason and pid are published.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Slot:
         wait_after: AfterWaiter | None = None,
         on_change: Callable[[Slot], None] | None = None,
         may_start: MayStart | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.spec = spec
         self.source: Source = source
@@ -96,6 +101,7 @@ class Slot:
         self._on_change = on_change
         self._may_start = may_start
         self.refused: str | None = None  # why the last start was not allowed (may_start)
+        self._events = events
         self._scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None  # while the life task runs
         # During an attempt: its start timer (a deadline scope around the runner), and
@@ -103,6 +109,9 @@ class Slot:
         self._timer: trio.CancelScope | None = None
         self._is_ready = False
         self._stop_callback: Callable[[], None] | None = None
+        # The agent's recent output, made at its first line (most agents print little or
+        # nothing), kept across restarts (docs/api.md, logs).
+        self.recent_output: RecentOutput | None = None
 
     # -- the owner's side -------------------------------------------------------------
 
@@ -186,6 +195,8 @@ class Slot:
 
     def launched(self, pid: int | None) -> None:
         self.pid = pid
+        if pid is not None:
+            self._publish()
         self._notify()
 
     def ready(self) -> None:
@@ -202,6 +213,33 @@ class Slot:
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         self._stop_callback = callback
+
+    def output(self, stream: str, lines: Sequence[str]) -> None:
+        self.output_buffer().add(stream, lines, time.time())
+
+    # -- observers ----------------------------------------------------------------------
+
+    def output_buffer(self) -> RecentOutput:
+        """The agent's recent output (made now if it has printed nothing yet)."""
+        if self.recent_output is None:
+            self.recent_output = RecentOutput(self.spec.log_lines)
+        return self.recent_output
+
+    def watch_output(self, listener: LineListener) -> Callable[[], None]:
+        """Call `listener(stream, lines)` with every batch of output from now on (cheap,
+        sync: the ``log`` ready probe's hook); returns the way to stop."""
+        return self.output_buffer().listen(listener)
+
+    def keep_output_of(self, previous: Slot) -> None:
+        """Take over the recent output of the slot this one replaces (same id)."""
+        self.recent_output = previous.recent_output
+        if self.recent_output is not None:
+            self.recent_output.max_lines = self.spec.log_lines
+
+    def removed(self) -> None:
+        """The owner dropped the slot from its table: end the followers of its output."""
+        if self.recent_output is not None:
+            self.recent_output.close()
 
     # -- the life task ----------------------------------------------------------------
 
@@ -297,7 +335,14 @@ class Slot:
             log.info("%s: %s%s", self.spec.id, state, why, extra=about)
         else:
             log.debug("%s: %s", self.spec.id, state, extra=about)
+        self._publish()
         self._notify()
+
+    def _publish(self) -> None:
+        if self._events is not None:
+            self._events.agent(
+                self.spec.id, self.state, self.reason, self.pid, self.restarts, self.since
+            )
 
     def _notify(self) -> None:
         if self._changed is not None:

@@ -35,6 +35,7 @@ from supervisor.api.body import DrainUnreadBody, read_json_object
 from supervisor.api.cluster import cluster_handlers
 from supervisor.api.errors import EXCEPTION_HANDLERS, REFUSALS, ApiError, refusal
 from supervisor.api.metrics import RequestCounts, SupervisorCollector
+from supervisor.api.observe import Observe
 from supervisor.api.openapi import OPENAPI
 from supervisor.api.routing import CountRequests, Endpoint, route
 from supervisor.owner import Supervisor
@@ -77,6 +78,7 @@ class ControlApi:
             route("/readyz", GET=self.readyz),
             route("/metrics", GET=self.metrics),
             route("/openapi.json", GET=self.openapi),
+            *Observe(self.sup, self.guard).routes(),
             *more,
         ]
 

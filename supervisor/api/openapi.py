@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from supervisor import manifest as mf
+from supervisor.api.openapi_observe import OBSERVE_PATHS, OBSERVE_SCHEMAS
 
 
 def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
@@ -182,6 +183,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "OpenAPI 3.1", **_body({"type": "object"})}},
             }
         },
+        **OBSERVE_PATHS,
     },
     "components": {
         "securitySchemes": {
@@ -260,6 +262,7 @@ OPENAPI: dict[str, Any] = {
                     "not_ready": {"type": "object", "additionalProperties": {"type": "string"}},
                 },
             },
+            **OBSERVE_SCHEMAS,
         },
     },
 }

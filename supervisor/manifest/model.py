@@ -98,6 +98,7 @@ class AgentSpec:
     after: tuple[str, ...] = ()
     critical: bool = False
     enabled: bool = True
+    log_lines: int = 1000
 
 
 @attrs.frozen(kw_only=True)
@@ -298,6 +299,10 @@ class AgentKeys:
         metadata=_doc("if this agent ends failed, the supervisor stops everything and exits 3"),
     )
     enabled: bool | None = attrs.field(default=None, metadata=_doc("false: declared but not run"))
+    log_lines: int | None = attrs.field(
+        default=None,
+        metadata=_doc("lines of recent output kept in memory for GET /agents/{id}/logs", minimum=0),
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -9,6 +9,7 @@ The contract every runner keeps (the slot relies on it):
 - It calls ``hooks.launched(pid)`` once the agent is launched (``pid`` is None in-process)
   and ``hooks.ready()`` when it is ready: at once for ``ready = "immediate"``, else when
   the agent says so (``ctx.ready()`` or ``READY=1`` on ``$NOTIFY_SOCKET``).
+- It hands what the agent prints or logs to ``hooks.output(stream, lines)``, in batches.
 - Before a requested stop cancels it, the slot calls the callback the runner registered
   with ``hooks.on_stop(callback)`` (an in-process agent's ``ctx.stopping`` is set so).
 - Cancelling it stops the agent: for a process, `stop_signal` to its group, up to
@@ -19,7 +20,7 @@ The contract every runner keeps (the slot relies on it):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from supervisor.core.outcome import Outcome
@@ -39,6 +40,9 @@ class Hooks(Protocol):
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call `callback` (sync) when a stop is requested, just before the cancellation."""
+
+    def output(self, stream: str, lines: Sequence[str]) -> None:
+        """Lines the agent printed ("stdout", "stderr") or logged with ``ctx.log`` ("log")."""
 
 
 class Runner(Protocol):

@@ -26,11 +26,11 @@ from the `Keeper`.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import signal
 import subprocess
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from typing import TypeVarTuple
@@ -38,17 +38,16 @@ from typing import TypeVarTuple
 import trio
 
 from supervisor.keeper import MARK_VARIABLE, Keeper
-from supervisor.logs import log, relay
+from supervisor.logs import LineSink, log, relay_lines
 from supervisor.manifest import AgentSpec
+from supervisor.output import LINE_LIMIT, cut
 from supervisor.runners import Hooks, Outcome
 from supervisor.runners.notify import NotifySocket, open_notify_socket
 
-# Output is read in chunks this large; a line longer than LINE_LIMIT is relayed in pieces
-# of LINE_LIMIT bytes, so a child that never writes a newline costs bounded memory.
+# Output is read in chunks this large; a line longer than LINE_LIMIT characters is
+# relayed in pieces of LINE_LIMIT, so a child that never writes a newline costs bounded
+# memory (docs/operations.md, "A flood of output").
 READ_SIZE = 65536
-LINE_LIMIT = 65536
-# Lines relayed between checkpoints: bounds how long one chatty child holds the loop.
-LINES_PER_STEP = 256
 # After the group is SIGKILLed its pipes reach EOF at once, unless a process that left
 # the group (setsid) still holds them; we stop waiting for that after this long.
 DRAIN_TIMEOUT = 1.0
@@ -112,8 +111,8 @@ async def _supervise(
     in as rather than wrapped in an exception group.
     """
     relays = [
-        _Relay(spec.id, "stdout", child.stdout_fd),
-        _Relay(spec.id, "stderr", child.stderr_fd),
+        _Relay(spec.id, "stdout", child.stdout_fd, hooks.output),
+        _Relay(spec.id, "stderr", child.stderr_fd, hooks.output),
     ]
     stop_request: trio.Cancelled | None = None
     async with trio.open_nursery() as nursery:
@@ -354,50 +353,52 @@ def _kill_now(popen: subprocess.Popen[bytes]) -> None:
 
 
 class _Relay:
-    """Relays one output pipe to the log, line by line.
+    """Relays one output pipe, line by line, to the agent's recent output and stdout.
 
     `run` returns at EOF (setting `eof`) or when cancelled; either way it relays every
-    line already read, then a partial last line, and closes the pipe. A chatty child
-    cannot hog the loop: `run` checkpoints between reads and every LINES_PER_STEP lines,
-    and a child that outpaces us blocks on its full pipe, not us on it.
+    line already read, then a partial last line, and closes the pipe. It reads the next
+    chunk only once the last one is relayed, so a child that outpaces us blocks on its
+    full pipe (as on a slow terminal), and what we hold per pipe is bounded: one chunk
+    of READ_SIZE bytes and a partial line under LINE_LIMIT characters. Writing to our
+    stdout never waits: lines that do not fit its bounded queue are dropped and counted
+    (`supervisor.logs`). Checkpoints between reads and every LINES_PER_STEP lines
+    written through `logging`, so a chatty child cannot hog the loop.
     """
 
-    def __init__(self, agent_id: str, stream: str, fd: int) -> None:
+    def __init__(self, agent_id: str, stream: str, fd: int, sink: LineSink) -> None:
         self._agent_id = agent_id
         self._stream_name = stream
         self._stream = trio.lowlevel.FdStream(fd)
-        self._partial = b""
-        self._backlog: deque[bytes] = deque()
+        self._sink = sink
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._partial = ""
         self.eof = trio.Event()
 
     async def run(self) -> None:
         try:
             while chunk := await self._stream.receive_some(READ_SIZE):
-                self._split(chunk)
-                while self._backlog:
-                    self._emit_some(LINES_PER_STEP)
-                    if self._backlog:
-                        await trio.lowlevel.checkpoint()
+                await self._deliver(self._split(self._decoder.decode(chunk)))
             self.eof.set()
         finally:
-            self._emit_some(len(self._backlog))
-            if self._partial:
-                self._emit(self._partial)
+            last = self._partial + self._decoder.decode(b"", final=True)
+            if last:
+                self._partial = ""
+                with trio.CancelScope(shield=True):
+                    await self._deliver(cut(last))
             self._stream.close()
 
-    def _split(self, chunk: bytes) -> None:
-        *lines, self._partial = (self._partial + chunk).split(b"\n")
-        self._backlog.extend(lines)
-        while len(self._partial) >= LINE_LIMIT:
-            self._backlog.append(self._partial[:LINE_LIMIT])
-            self._partial = self._partial[LINE_LIMIT:]
+    def _split(self, text: str) -> list[str]:
+        lines = (self._partial + text).split("\n")
+        partial = lines.pop()
+        if lines and max(map(len, lines)) > LINE_LIMIT:
+            lines = [piece for line in lines for piece in cut(line)]
+        while len(partial) >= LINE_LIMIT:
+            lines.append(partial[:LINE_LIMIT])
+            partial = partial[LINE_LIMIT:]
+        self._partial = partial
+        return lines
 
-    def _emit_some(self, count: int) -> None:
-        for _ in range(min(count, len(self._backlog))):
-            self._emit(self._backlog.popleft())
-
-    def _emit(self, line: bytes) -> None:
-        # max(…, 1): an empty line is still a line.
-        for start in range(0, max(len(line), 1), LINE_LIMIT):
-            piece = line[start : start + LINE_LIMIT]
-            relay(self._agent_id, self._stream_name, piece.decode("utf-8", errors="replace"))
+    async def _deliver(self, lines: list[str]) -> None:
+        if lines:
+            self._sink(self._stream_name, lines)
+            await relay_lines(self._agent_id, self._stream_name, lines)

@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,13 @@ class Recorder:
     """Hooks that keep what the runner (and the agent, via ``ctx.status``) reported."""
 
     def __init__(self) -> None:
+        self.output_lines: list[tuple[str, str]] = []
         self.events: list[str] = []
         self._changed = trio.Event()
         self.request_stop: Callable[[], None] = lambda: None
+
+    def output(self, stream: str, lines: Sequence[str]) -> None:
+        self.output_lines.extend((stream, line) for line in lines)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         self.request_stop = callback

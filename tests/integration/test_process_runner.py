@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ import pytest
 import trio
 
 import supervisor.runners.notify
+from supervisor.logs import LINES_PER_STEP
 from supervisor.manifest import AgentSpec
+from supervisor.output import LINE_LIMIT
 from supervisor.runners import Outcome
-from supervisor.runners.process import LINE_LIMIT, LINES_PER_STEP, run_process
+from supervisor.runners.process import run_process
 
 from ..harness import group_members
 
@@ -38,6 +40,7 @@ class Recorder:
     """Hooks that remember every call, with events to wait on."""
 
     def __init__(self) -> None:
+        self.output_lines: list[tuple[str, str]] = []
         self.pids: list[int | None] = []
         self.ready_calls = 0
         self.statuses: list[str] = []
@@ -54,6 +57,9 @@ class Recorder:
 
     def status(self, text: str) -> None:
         self.statuses.append(text)
+
+    def output(self, stream: str, lines: Sequence[str]) -> None:
+        self.output_lines.extend((stream, line) for line in lines)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         pass  # a process learns of its stop from its stop signal
