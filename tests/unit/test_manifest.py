@@ -930,6 +930,7 @@ def test_spec_to_table_keys() -> None:
         "after": [],
         "critical": False,
         "enabled": True,
+        "log_lines": 1000,
     }
 
 
