@@ -107,7 +107,7 @@ async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None)
                     watch_manifest,
                     lambda: sup.manifest,
                     lambda: [s.spec.path for s in sup.slots.values() if s.spec.path],
-                    sup.request_reload,
+                    lambda: sup.request_reload().wait(),
                 )
             log.info("supervisor %d: %d agents from %s", os.getpid(), len(m.agents), m.path)
             code = await sup.run()
