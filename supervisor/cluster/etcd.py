@@ -171,7 +171,7 @@ class EtcdClient:
                     url, json=body, headers=headers, timeout=self.timeout
                 )
             except httpx.TransportError as exc:  # refused, reset, timed out, TLS refused
-                problems.append(f"{self.endpoints[index]}: {exc!r}")
+                problems.append(f"{self.endpoints[index]}: {_why(exc)}")
                 continue
             self._current = index
             return _decode(answer)
@@ -458,3 +458,11 @@ def _decode(answer: httpx.Response) -> Any:
         message = body.get("message") or body.get("error") or answer.text[:200]
         raise EtcdError(f"etcd: {message}", int(body.get("code", 0)))
     return body
+
+
+def _why(exc: BaseException) -> str:
+    """`exc` for a log line; httpx's own errors are often empty, their cause is not
+    (a TLS certificate refused, a connection refused)."""
+    while not str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return repr(exc)

@@ -7,16 +7,23 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from supervisor.cluster import Unavailable
+from supervisor import manifest as mf
+from supervisor.cluster import Refused, Unavailable
 from supervisor.cluster.coordinator import Batch, Change, Holder, Lease, Snapshot
 from supervisor.cluster.member import ClusterMember
+from supervisor.cluster.placement import ClusterPlacement
 from supervisor.cluster.rendezvous import owner
+from supervisor.core.outcome import Outcome
+from supervisor.manifest import AgentSpec
+from supervisor.owner import Supervisor
+from supervisor.runners import Hooks
 
 from ..conftest import make_spec
 
@@ -41,6 +48,8 @@ class MemoryCoordinator:
         self.revision = 0
         self._open = trio.Event()
         self._open.set()
+        self.claims_open = trio.Event()
+        self.claims_open.set()
         self.calls: list[str] = []
         self._watchers: list[trio.MemorySendChannel[Batch]] = []
         self._next = 100
@@ -116,6 +125,9 @@ class MemoryCoordinator:
 
     async def claim(self, agent_id: str, member: str, lease: Lease) -> Holder | None:
         await self._call("claim")
+        await self.claims_open.wait()  # a new unset Event: etcd is slow to answer claims
+        if lease.id not in self.leases:
+            raise Refused("etcdserver: requested lease not found")
         if agent_id not in self.owners:
             self.owners[agent_id] = Holder(member, lease.id)
             self._publish(Change("owners", agent_id, self.owners[agent_id]))
@@ -324,3 +336,140 @@ async def test_a_join_that_cannot_reach_etcd_keeps_trying(
         member, _ = await joined(nursery, store)
         assert member.lease == Lease(7, TTL)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_start_is_allowed_only_while_the_lease_provably_lives_by_the_clock(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, _ = await joined(nursery, store)
+        assert await member.claim(["web"]) == {"web"}
+        assert member.may_start("web") is None
+        assert member.may_start("other") == "this member does not hold the agent's cluster key"
+        # The process was frozen for a ttl (SIGSTOP): the first code to run after it may
+        # be a start, before the keep-alive noticed anything. The key still looks held,
+        # but the lease is not provably live any more: nothing starts.
+        clock = member.lifeline.clock
+        member.lifeline.clock = lambda: clock() + TTL
+        assert "web" in member.held
+        assert member.lease is not None
+        assert member.may_start("web") == "this member's cluster lease is not provably live"
+        assert not member.holds("web")
+        member.lifeline.clock = clock
+        assert member.holds("web")
+        nursery.cancel_scope.cancel()
+
+
+async def test_starts_end_half_a_ttl_after_the_last_answered_refresh_was_sent(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, _ = await joined(nursery, store)
+        assert await member.claim(["web"]) == {"web"}
+        await trio.sleep(TTL / 6 + 0.01)  # just after a refresh
+        store.cut()
+        last = member.lifeline.until - TTL / 2  # when that refresh was sent
+        await trio.sleep_until(last + TTL / 2 - 0.01)
+        assert member.holds("web")
+        await trio.sleep_until(last + TTL / 2)
+        assert not member.holds("web")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_store_that_lost_its_data_is_quiet_for_a_ttl_before_anything_is_claimed(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        m1, owner1 = await joined(nursery, store, "m1")
+        assert await m1.claim(["web"]) == {"web"}
+        store.lose_data()  # etcd back on an empty data folder: m1 is not told
+        m2, owner2 = await joined(nursery, store, "m2")  # a member that knew nothing before
+        assert store.epoch == "e1"
+        assert store.settling
+        # m1 may still run web until its next refresh: m2 must not claim it yet.
+        assert await m2.claim(["web"]) == set()
+        await owner1.fenced.wait()  # m1's refresh finds its lease gone: stop now
+        when, deadline = owner1.fences[0]
+        assert deadline == when
+        store.end_quiet()  # etcd ended the quiet period's lease (one ttl)
+        await owner2.reconciled.wait()  # the watch saw it: claim now
+        assert await m2.claim(["web"]) == {"web"}
+        while m1.lease is None:
+            await owner1.reconciled.wait()
+        assert m1.may_start("web") is not None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_member_that_sees_the_epoch_change_stops_everything_at_once(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        member, owner = await joined(nursery, store)
+        assert await member.claim(["web"]) == {"web"}
+        await store.reset_epoch("e0")  # seen through the watch, before any refresh
+        await owner.fenced.wait()
+        when, deadline = owner.fences[0]
+        assert deadline == when
+        assert not member.holds("web")
+        # It joins again in a new epoch, founded quietly: nothing is claimed meanwhile.
+        while member.lease is None:
+            await owner.reconciled.wait()
+        assert store.epoch == "e1"
+        assert await member.claim(["web"]) == set()
+        store.end_quiet()
+        await owner.reconciled.wait()
+        assert await member.claim(["web"]) == {"web"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_agents_fenced_while_claims_are_in_flight_start_again_after_the_rejoin(
+    store: MemoryCoordinator, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "agents.toml"
+    body = "".join(f'[agents.{i}]\nentry = "x:y"\n' for i in ("a", "b"))
+    path.write_text(body)
+    runner = Counting()
+    member = ClusterMember(store, "m1", TTL)
+    sup = Supervisor(mf.load(path), runner, ClusterPlacement(member))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await nursery.start(member.run, sup.request_reconcile, sup.fence)
+        while runner.running != {"a", "b"}:
+            await trio.sleep(0.1)
+        # A third agent arrives; etcd is slow to answer its claim. Meanwhile the lease
+        # is lost (a, b are fenced) and the member joins again, all before the owner is
+        # done waiting on that claim.
+        store.claims_open = trio.Event()
+        path.write_text(body + '[agents.c]\nentry = "x:y"\n')
+        sup.request_reload()
+        await trio.sleep(0.1)
+        assert member.lease is not None
+        first = member.lease
+        store.forget(first.id)
+        while member.lease is None or member.lease is first:
+            await trio.sleep(0.1)
+        store.claims_open.set()
+        with trio.fail_after(30):
+            while runner.running != {"a", "b", "c"}:
+                await trio.sleep(0.1)
+        assert runner.starts == {"a": 2, "b": 2, "c": 1}
+        sup.request_shutdown()
+        nursery.cancel_scope.cancel()
+
+
+class Counting:
+    """A runner: ready at once, runs until stopped; tracks what runs and counts starts."""
+
+    def __init__(self) -> None:
+        self.starts: dict[str, int] = {}
+        self.running: set[str] = set()
+
+    async def __call__(self, spec: AgentSpec, hooks: Hooks) -> Outcome:
+        self.starts[spec.id] = self.starts.get(spec.id, 0) + 1
+        self.running.add(spec.id)
+        hooks.launched(None)
+        hooks.ready()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.running.discard(spec.id)
