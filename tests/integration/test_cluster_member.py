@@ -5,7 +5,7 @@ lets start, how claims wait for releases and for other members' keys."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -434,8 +434,7 @@ async def test_agents_fenced_while_claims_are_in_flight_start_again_after_the_re
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.run)
         await nursery.start(member.run, sup.request_reconcile, sup.fence)
-        while runner.running != {"a", "b"}:
-            await trio.sleep(0.1)
+        await eventually(lambda: runner.running == {"a", "b"})
         # A third agent arrives; etcd is slow to answer its claim. Meanwhile the lease
         # is lost (a, b are fenced) and the member joins again, all before the owner is
         # done waiting on that claim.
@@ -446,15 +445,21 @@ async def test_agents_fenced_while_claims_are_in_flight_start_again_after_the_re
         assert member.lease is not None
         first = member.lease
         store.forget(first.id)
-        while member.lease is None or member.lease is first:
-            await trio.sleep(0.1)
+        await eventually(lambda: member.lease is not None and member.lease is not first)
         store.claims_open.set()
-        with trio.fail_after(30):
-            while runner.running != {"a", "b", "c"}:
-                await trio.sleep(0.1)
+        await eventually(lambda: runner.running == {"a", "b", "c"})
         assert runner.starts == {"a": 2, "b": 2, "c": 1}
         sup.request_shutdown()
         nursery.cancel_scope.cancel()
+
+
+async def eventually(condition: Callable[[], bool], within: float = 30) -> None:
+    """Wait (trio time) until `condition()` holds; fail after `within` seconds."""
+    for _ in range(int(within * 10)):
+        if condition():
+            return
+        await trio.sleep(0.1)
+    raise AssertionError(f"not within {within}s: {condition}")
 
 
 class Counting:
