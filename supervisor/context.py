@@ -3,7 +3,7 @@
 One context is made per start of an agent, by the in-process runner
 (`supervisor.runners.inprocess`), and lives exactly as long as that start. The agent
 reads from it (`id`, `params`, `log`, `stopping`) and reports through it (`ready()`,
-`status()`); `cleanup()` bounds the awaits it makes while it is being stopped.
+`status()`, `heartbeat()`); `cleanup()` bounds the awaits it makes while it is being stopped.
 """
 
 from __future__ import annotations
@@ -76,6 +76,15 @@ class AgentContext:
     def status(self, text: str) -> None:
         """Publish a one-line status, shown by ``supervisor status`` and the API."""
         self._hooks.status(text)
+
+    def heartbeat(self) -> None:
+        """Say the agent is alive: feeds its ``watchdog`` (a no-op without one).
+
+        Cheap enough to call in every loop iteration: it stores the time, nothing more.
+        With ``watchdog = N``, a running agent that goes N seconds without calling it is
+        stopped and its run counts as failed (``watchdog: no heartbeat within Ns``).
+        """
+        self._hooks.heartbeat()
 
     @contextlib.contextmanager
     def cleanup(self) -> Iterator[trio.CancelScope]:

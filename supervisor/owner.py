@@ -30,6 +30,7 @@ from supervisor import table as slot_table
 from supervisor.control import ControlRequests
 from supervisor.core.plan import Plan, plan
 from supervisor.events import EventBus
+from supervisor.health.lag import LoopLag
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Manifest, ManifestError, Source
 from supervisor.overlay import Desired, Overlay, StateNotSaved, desired_state
@@ -85,6 +86,7 @@ class Supervisor(ControlRequests):
         self.last_reload: float | None = None  # wall time
         self.table_changed = trio.Event()
         self.events = EventBus()  # every change, once (docs/api.md, GET /events)
+        self.loop_lag = LoopLag(self.slots)  # installed with the first in-process agent
         self._runner = runner or make_runner()
         self._send, self._recv = trio.open_memory_channel[tuple[_Op, _Reply]](math.inf)
         self._reload_replies: list[_Reply] | None = None
@@ -113,6 +115,7 @@ class Supervisor(ControlRequests):
         for slot in self.slots.values():
             slot.removed()  # followers of their output end, with their last lines
         self.events.close()
+        self.loop_lag.close()
         return self.exit_code
 
     async def _call(self, op: _Op) -> Any:
@@ -188,6 +191,7 @@ class Supervisor(ControlRequests):
         new = await self._read_manifest()
         desired = await self._desired(new)  # ManifestError: refused, nothing changed
         self.manifest = new  # accepted: from here on the new manifest is in force
+        self.loop_lag.set_threshold(new.settings.loop_lag_warning)
         self.overlay.drop(desired.shadowed)
         p = await self._converge(desired)
         self.reloads_ok += 1
@@ -332,6 +336,8 @@ class Supervisor(ControlRequests):
         if previous is not None:  # restarted by a reload: its recent output goes on
             slot.keep_output_of(previous)
         self.slots[spec.id] = slot
+        if spec.kind == "in-process":
+            self.loop_lag.watch(self.manifest.settings.loop_lag_warning)
         if spec.enabled:
             slot.launch(self._nursery)
         self._table_changed()

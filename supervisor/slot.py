@@ -24,8 +24,10 @@ import trio
 from supervisor.core.outcome import ExitRecord, Outcome
 from supervisor.core.policy import Restart, RestartPolicy, describe, succeeded
 from supervisor.events import EventBus
+from supervisor.health.lag import SLOT_TASK_PREFIX
+from supervisor.health.monitor import HealthRecord, needs_health, run_monitored
 from supervisor.logs import log
-from supervisor.manifest import AgentSpec, Source
+from supervisor.manifest import AgentSpec, ReadyProbe, Source
 from supervisor.output import LineListener, RecentOutput
 from supervisor.runners import Runner
 
@@ -55,6 +57,8 @@ class SlotStatistics:
     status: str
     reason: str
     spec: AgentSpec
+    health: HealthRecord | None = None  # with a probe or a watchdog
+    blocked: float = 0.0  # seconds an in-process agent held the event loop
 
 
 class Slot:
@@ -71,6 +75,13 @@ class Slot:
         ``stopped`` with that reason and `refused` set (see `supervisor.placement`).
       events: where its changes of state, reason and pid are published.
     """
+
+    # Class-level defaults, set on an instance only when used: 10,000 slots that have no
+    # probe, no watchdog and never block the loop keep no bytes for them.
+    health: HealthRecord | None = None
+    blocked = 0.0  # seconds of loop held in steps longer than loop_lag_warning
+    blocked_steps = 0
+    _failure: str | None = None  # why `fail` ended the run under way
 
     def __init__(
         self,
@@ -112,6 +123,8 @@ class Slot:
         # The agent's recent output, made at its first line (most agents print little or
         # nothing), kept across restarts (docs/api.md, logs).
         self.recent_output: RecentOutput | None = None
+        if needs_health(spec):
+            self.health = HealthRecord(spec)
 
     # -- the owner's side -------------------------------------------------------------
 
@@ -141,7 +154,7 @@ class Slot:
         self._done = trio.Event()
         self.refused = None
         self._set("starting", "")
-        nursery.start_soon(self._run, name=f"slot:{self.spec.id}")
+        nursery.start_soon(self._run, name=SLOT_TASK_PREFIX + self.spec.id)
 
     def stop(self) -> None:
         """Request a stop; `wait_stopped()` returns once the agent is gone. Idempotent."""
@@ -189,6 +202,8 @@ class Slot:
             status=self.status_text,
             reason=self.reason,
             spec=self.spec,
+            health=self.health,
+            blocked=self.blocked,
         )
 
     # -- the runner's side (Hooks) ----------------------------------------------------
@@ -200,6 +215,13 @@ class Slot:
         self._notify()
 
     def ready(self) -> None:
+        if not isinstance(self.spec.ready, ReadyProbe):  # else its probe says when
+            self._ready()
+
+    def probe_ready(self) -> None:
+        self._ready()
+
+    def _ready(self) -> None:
         if self._timer is not None and not self._is_ready:
             self._is_ready = True
             self.readied += 1
@@ -216,6 +238,23 @@ class Slot:
 
     def output(self, stream: str, lines: Sequence[str]) -> None:
         self.output_buffer().add(stream, lines, time.time())
+
+    def heartbeat(self) -> None:
+        if self.health is not None:
+            self.health.last_beat = trio.current_time()
+
+    def fail(self, reason: str) -> None:
+        """End the run under way as failed with `reason`: stopped like a stop, then the
+        restart policy decides. Ignored outside a run, or once a stop was requested."""
+        if self._timer is None or (self._scope is not None and self._scope.cancel_called):
+            return
+        if self._failure is not None:
+            return
+        self._failure = reason
+        self._set("stopping", reason)
+        if self._stop_callback is not None:
+            self._stop_callback()
+        self._timer.cancel()
 
     # -- observers ----------------------------------------------------------------------
 
@@ -302,12 +341,18 @@ class Slot:
         with trio.CancelScope(deadline=trio.current_time() + self.spec.start_timeout) as timer:
             self._timer = timer
             try:
-                outcome = await self._runner(self.spec, self)
+                if self.health is None:
+                    outcome = await self._runner(self.spec, self)
+                else:
+                    outcome = await run_monitored(self._runner, self.spec, self, self.health)
             finally:
                 self._timer = None
                 self._stop_callback = None
         self.pid = None
         ran_for = 0.0 if self.started_at is None else trio.current_time() - self.started_at
+        if self._failure is not None:  # `fail` ended it: a monitor, or WATCHDOG=trigger
+            failure, self._failure = self._failure, None
+            return Outcome(error=failure), ran_for
         if timer.cancelled_caught or outcome is None:
             timeout = self.spec.start_timeout
             return Outcome(error=f"start timeout: not ready within {timeout:g}s"), ran_for

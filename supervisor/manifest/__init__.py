@@ -79,7 +79,9 @@ from supervisor.manifest.model import (
     Kind,
     Manifest,
     ManifestError,
+    Probe,
     ReadyMode,
+    ReadyProbe,
     RestartMode,
     Settings,
     Source,
@@ -102,7 +104,9 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "Parsed",
+    "Probe",
     "ReadyMode",
+    "ReadyProbe",
     "RestartMode",
     "Settings",
     "Source",
@@ -273,7 +277,9 @@ def spec_to_table(spec: AgentSpec) -> dict[str, Any]:
     else:
         table["entry"] = spec.entry
     for name in _SHARED_KEYS:
-        table[name] = plain(getattr(spec, name))
+        value = getattr(spec, name)
+        if value is not None:  # no liveness probe: the key is left out (TOML has no null)
+            table[name] = plain(value)
     return table
 
 

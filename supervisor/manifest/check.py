@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -24,7 +25,14 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from supervisor.manifest.convert import Invalid, converter, did_you_mean, keys_given, show
 from supervisor.manifest.files import MIB, Refused, read_bytes
-from supervisor.manifest.model import ENTRY_PATTERN, ID_PATTERN, AgentKeys, ManifestError
+from supervisor.manifest.model import (
+    ENTRY_PATTERN,
+    ID_PATTERN,
+    AgentKeys,
+    ManifestError,
+    Probe,
+    ReadyProbe,
+)
 
 T = TypeVar("T")
 A = TypeVar("A", bound=AttrsInstance)
@@ -89,6 +97,9 @@ def _located(exc: BaseException, where: str) -> Iterator[tuple[str, str]]:
             if isinstance(sub, ForbiddenExtraKeysError):
                 known = [field.name for field in attrs.fields(sub.cl)]
                 for key in sorted(sub.extra_fields):
+                    if sub.cl is Probe and key == "log":
+                        yield _join(where, key), "a log probe can only be a ready probe"
+                        continue
                     yield _join(where, key), "unknown key" + did_you_mean(key, known)
             else:
                 yield from _located(sub, where)
@@ -285,7 +296,36 @@ def _value_problems(values: dict[str, Any], where: Where) -> list[tuple[str, str
             found.append((path, "must not be null (TOML has no null; leave the key out)"))
     if values.get("path") == "":
         found.append((f"{where()}.path", "must not be empty"))
+    for key in ("liveness", "ready"):
+        probe = values.get(key)
+        if isinstance(probe, Probe):
+            found += _probe_problems(probe, functools.partial(_child, where, key))
     return found
+
+
+def _probe_problems(probe: Probe, where: Where) -> list[tuple[str, str]]:
+    """A probe gives exactly one kind of check, and a value that kind can use."""
+    kinds = (
+        ("http", "tcp", "exec", "log") if isinstance(probe, ReadyProbe) else ("http", "tcp", "exec")
+    )
+    given = [kind for kind in kinds if getattr(probe, kind) is not None]
+    if len(given) != 1:
+        return [(where(), kinds_message(given, kinds))]
+    if probe.http is not None:
+        url = urllib.parse.urlsplit(probe.http)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            message = f'must be an "http://" or "https://" URL with a host, not {show(probe.http)}'
+            return [(f"{where()}.http", message)]
+    if probe.tcp is not None:
+        host, _, port = probe.tcp.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            return [(f"{where()}.tcp", f'must be "HOST:PORT", not {show(probe.tcp)}')]
+    if isinstance(probe, ReadyProbe) and probe.log is not None:
+        try:
+            re.compile(probe.log)
+        except re.error as e:
+            return [(f"{where()}.log", f"not a regular expression: {e}")]
+    return []
 
 
 def _has_null(value: Any) -> bool:
@@ -332,6 +372,8 @@ def limit_problems(cls: type, values: Mapping[str, Any], where: Where) -> list[t
         if rule is None:
             continue
         if isinstance(rule, type):
+            if not isinstance(value, rule):  # ready = "notify": not a probe table
+                continue
             nested = {field.name: getattr(value, field.name) for field in attrs.fields(rule)}
             found += limit_problems(rule, nested, functools.partial(_child, where, name))
         elif isinstance(value, tuple):

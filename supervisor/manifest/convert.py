@@ -31,6 +31,8 @@ from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_mapping_structure_fn
 from cattrs.gen.typeddicts import make_dict_structure_fn as make_typeddict_structure_fn
 
+from supervisor.manifest.model import ReadyMode, ReadyProbe
+
 
 class Invalid(ValueError):
     """A value is wrong; the message says how, for a user, and cattrs locates it."""
@@ -75,9 +77,11 @@ def plain(value: Any) -> Any:
         return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
-    if attrs.has(type(value)):
+    if attrs.has(type(value)):  # a key left out (None: a probe's other kinds) stays out
         return {
-            field.name: plain(getattr(value, field.name)) for field in attrs.fields(type(value))
+            field.name: plain(item)
+            for field in attrs.fields(type(value))
+            if (item := getattr(value, field.name)) is not None
         }
     return str(value)  # Path
 
@@ -241,6 +245,30 @@ def _is_command(cls: Any) -> bool:
     return bool(cls == _COMMAND_TYPE)
 
 
+_READY_TYPE = ReadyMode | ReadyProbe | None
+
+
+def _is_ready(cls: Any) -> bool:
+    return bool(cls == _READY_TYPE)
+
+
+def _ready_hook(_: Any, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """`ready`: "immediate", "notify", or a probe table."""
+    mode = converter.get_structure_hook(ReadyMode)
+    probe = converter.get_structure_hook(ReadyProbe)
+
+    def structure(value: Any, _: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return probe(value, ReadyProbe)
+        if isinstance(value, str):
+            return mode(value, ReadyMode)
+        raise Invalid(f'must be "immediate", "notify" or a probe table, not {show(value)}')
+
+    return structure
+
+
 def _make_converter() -> cattrs.Converter:
     """The one converter, built once at import; cattrs generates a function per model.
 
@@ -258,6 +286,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook_factory(_is_optional, _optional_hook)
     converter.register_structure_hook_func(_is_optional_path, _structure_path_or_none)
     converter.register_structure_hook_factory(_is_command, _command_hook)
+    converter.register_structure_hook_factory(_is_ready, _ready_hook)
     return converter
 
 

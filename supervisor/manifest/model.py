@@ -48,6 +48,70 @@ def _doc(text: str, **rules: Any) -> dict[str, Any]:
 
 
 @attrs.frozen(kw_only=True)
+class Probe:
+    """A liveness probe (docs/agents.md, "Health"): one of `http`, `tcp`, `exec`.
+
+    `exec` is an array (or a string split like a shell) once structured: a tuple.
+    """
+
+    http: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            'GET this URL, e.g. "http://127.0.0.1:8080/healthz"; any 2xx or 3xx answer passes',
+            non_empty=True,
+        ),
+    )
+    tcp: str | None = attrs.field(
+        default=None,
+        metadata=_doc('"HOST:PORT": passes when a connection is accepted', non_empty=True),
+    )
+    exec: tuple[str, ...] | str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "a command run with the agent's env, cwd and user; exit 0 passes", non_empty=True
+        ),
+    )
+    period: float = attrs.field(default=10.0, metadata=_doc("seconds between checks", minimum=0.01))
+    timeout: float = attrs.field(
+        default=1.0,
+        metadata=_doc("seconds one check may take; past it, it failed", minimum=0.001),
+    )
+    failures: int = attrs.field(
+        default=3, metadata=_doc("failed checks in a row that end the run", minimum=1)
+    )
+    initial_delay: float = attrs.field(
+        default=0.0,
+        metadata=_doc("seconds after the agent is running before the first check", minimum=0),
+    )
+
+    @property
+    def kind(self) -> str:
+        """Which check this is: "http", "tcp", "exec" or "log"."""
+        for name in PROBE_KINDS:
+            if getattr(self, name, None) is not None:
+                return name
+        return ""
+
+
+@attrs.frozen(kw_only=True)
+class ReadyProbe(Probe):
+    """A readiness probe: the agent is running once it first passes (within start_timeout)."""
+
+    log: str | None = attrs.field(
+        default=None,
+        metadata=_doc("a regular expression: passes when a line of the agent's output matches"),
+    )
+    period: float = attrs.field(default=0.5, metadata=_doc("seconds between checks", minimum=0.01))
+    initial_delay: float = attrs.field(
+        default=0.0,
+        metadata=_doc("seconds after the agent is launched before the first check", minimum=0),
+    )
+
+
+PROBE_KINDS = ("http", "tcp", "exec", "log")
+
+
+@attrs.frozen(kw_only=True)
 class Backoff:
     """Delay before restart n: ``min(max, initial * factor**(n-1))``, ± ``jitter`` fraction."""
 
@@ -91,7 +155,7 @@ class AgentSpec:
     reset_after: float = 60.0
     max_restarts: int = 5
     restart_window: float = 60.0
-    ready: ReadyMode = "immediate"
+    ready: ReadyMode | ReadyProbe = "immediate"
     start_timeout: float = 30.0
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
@@ -99,6 +163,8 @@ class AgentSpec:
     critical: bool = False
     enabled: bool = True
     log_lines: int = 1000
+    liveness: Probe | None = None
+    watchdog: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +206,14 @@ class Settings:
             'this supervisor\'s name in the cluster, unique there; "" is the host name;'
             " --member overrides it",
             pattern=MEMBER_PATTERN,
+        ),
+    )
+    loop_lag_warning: float = attrs.field(
+        default=0.5,
+        metadata=_doc(
+            "seconds: an in-process agent holding the event loop longer than this in one step"
+            " is named in a warning, counted in /metrics and in its AGENT (blocked); 0 is off",
+            minimum=0,
         ),
     )
     lease_ttl: float = attrs.field(
@@ -268,11 +342,11 @@ class AgentKeys:
     restart_window: float | None = attrs.field(
         default=None, metadata=_doc("seconds over which max_restarts counts", minimum=0)
     )
-    ready: ReadyMode | None = attrs.field(
+    ready: ReadyMode | ReadyProbe | None = attrs.field(
         default=None,
         metadata=_doc(
             '"immediate": running once launched; "notify": the agent says so, with'
-            " ctx.ready() or READY=1 on $NOTIFY_SOCKET"
+            " ctx.ready() or READY=1 on $NOTIFY_SOCKET; or a probe table: once it first passes"
         ),
     )
     start_timeout: float | None = attrs.field(
@@ -302,6 +376,20 @@ class AgentKeys:
     log_lines: int | None = attrs.field(
         default=None,
         metadata=_doc("lines of recent output kept in memory for GET /agents/{id}/logs", minimum=0),
+    liveness: Probe | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "a probe checked while the agent is running; `failures` failed checks in a row"
+            " end the run as failed, and the restart policy decides"
+        ),
+    )
+    watchdog: float | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "seconds: while running, the agent sends WATCHDOG=1 (sd_notify) or calls"
+            " ctx.heartbeat() at least this often, or its run fails; 0 is off",
+            minimum=0,
+        ),
     )
 
 

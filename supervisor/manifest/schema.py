@@ -16,7 +16,16 @@ from typing import Any, Literal, Union, get_args, get_origin
 import attrs
 
 from supervisor.manifest.convert import SIGNAL_NAMES, plain
-from supervisor.manifest.model import KIND_KEYS, AgentKeys, AgentSpec, Backoff, Document, Settings
+from supervisor.manifest.model import (
+    KIND_KEYS,
+    AgentKeys,
+    AgentSpec,
+    Backoff,
+    Document,
+    Probe,
+    ReadyProbe,
+    Settings,
+)
 
 # JSON Schema applies every matching patternProperties entry: keep `x-` keys out of ids.
 # (Without a lookahead, which not every editor's regex engine has.)
@@ -30,7 +39,7 @@ def json_schema() -> dict[str, Any]:
     flag typos; CI can check a manifest with it. It checks what a schema can: names,
     types, enums, limits, exactly one kind. `supervisor check` checks everything.
     """
-    for cls in (Backoff, Settings, AgentSpec, AgentKeys, Document):
+    for cls in (Backoff, Probe, ReadyProbe, Settings, AgentSpec, AgentKeys, Document):
         attrs.resolve_types(cls)
     agent = _object_schema(
         AgentKeys,
@@ -71,8 +80,20 @@ def json_schema() -> dict[str, Any]:
                 defaults_from=Backoff,
                 description=attrs.fields(AgentKeys).backoff.metadata["doc"],
             ),
+            "probe": _probe_schema(Probe, attrs.fields(AgentKeys).liveness.metadata["doc"]),
+            "readyprobe": _probe_schema(
+                ReadyProbe, "a readiness probe: the agent is running once it first passes"
+            ),
         },
     }
+
+
+def _probe_schema(cls: type, description: str) -> dict[str, Any]:
+    """A probe table: its keys, with exactly one kind of check."""
+    schema = _object_schema(cls, defaults_from=cls, description=description)
+    kinds = [name for name in ("http", "tcp", "exec", "log") if name in schema["properties"]]
+    schema["oneOf"] = [{"required": [kind]} for kind in kinds]
+    return schema
 
 
 def _closed(properties: dict[str, Any]) -> dict[str, Any]:

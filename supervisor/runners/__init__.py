@@ -43,6 +43,12 @@ class Hooks(Protocol):
 
     def output(self, stream: str, lines: Sequence[str]) -> None:
         """Lines the agent printed ("stdout", "stderr") or logged with ``ctx.log`` ("log")."""
+    def heartbeat(self) -> None:
+        """The agent is alive (``ctx.heartbeat()``, ``WATCHDOG=1``): feeds its `watchdog`."""
+
+    def fail(self, reason: str) -> None:
+        """End this run now as failed with `reason` (``WATCHDOG=trigger``, a liveness
+        probe): the agent is stopped as on a stop, then the restart policy decides."""
 
 
 class Runner(Protocol):

@@ -37,6 +37,7 @@ from typing import TypeVarTuple
 
 import trio
 
+from supervisor.health.sdwatchdog import relay_watchdog, watchdog_command, watchdog_environment
 from supervisor.keeper import MARK_VARIABLE, Keeper
 from supervisor.logs import LineSink, log, relay_lines
 from supervisor.manifest import AgentSpec
@@ -87,7 +88,8 @@ async def run_process(spec: AgentSpec, hooks: Hooks, *, keeper: Keeper | None = 
         except OSError as exc:
             return Outcome(start_failed=True, error=_notify_socket_error(exc, spec))
         try:
-            child = _Child.spawn(spec, _environment(spec, notify, keeper))
+            env = _environment(spec, notify, keeper)
+            child = _Child.spawn(spec, env, watchdog_command(spec, env))
         except (OSError, ValueError) as exc:
             return Outcome(start_failed=True, error=_start_error(exc, spec))
         if keeper is not None:
@@ -120,9 +122,9 @@ async def _supervise(
         notifications = trio.CancelScope()  # a stand-in, replaced for notify agents
         try:
             hooks.launched(child.pid)
-            if notify is None:
+            if spec.ready != "notify":
                 hooks.ready()
-            else:
+            if notify is not None:
                 notifications = _start_shielded(nursery, _relay_notifications, notify, hooks)
             await child.wait_exited()
         except trio.Cancelled as cancelled:
@@ -183,7 +185,8 @@ async def _finish(child: _Child, relays: list[_Relay]) -> None:
 
 
 async def _relay_notifications(notify: NotifySocket, hooks: Hooks) -> None:
-    """Forward ``STATUS=`` to hooks.status and the first ``READY=1`` to hooks.ready."""
+    """Forward ``STATUS=`` to hooks.status, the first ``READY=1`` to hooks.ready, and
+    ``WATCHDOG=`` (see `supervisor.health.sdwatchdog`)."""
     ready = False
     while True:
         message = await notify.receive()
@@ -192,11 +195,12 @@ async def _relay_notifications(notify: NotifySocket, hooks: Hooks) -> None:
         if message.ready and not ready:
             ready = True
             hooks.ready()
+        relay_watchdog(message.fields, hooks)
 
 
 @asynccontextmanager
 async def _maybe_notify_socket(spec: AgentSpec) -> AsyncIterator[NotifySocket | None]:
-    if spec.ready != "notify":
+    if spec.ready != "notify" and spec.watchdog <= 0:
         yield None
         return
     async with open_notify_socket(spec.id) as notify:
@@ -219,6 +223,7 @@ def _environment(
     env.update((os.fsencode(k), os.fsencode(v)) for k, v in spec.env.items())
     if notify is not None:
         env[b"NOTIFY_SOCKET"] = os.fsencode(notify.path)
+        env.update(watchdog_environment(spec))
     if keeper is not None:
         env[MARK_VARIABLE.encode()] = keeper.mark.encode()
     return env
@@ -275,7 +280,7 @@ class _Child:
         self.outcome = Outcome(error="the process was not reaped")
 
     @classmethod
-    def spawn(cls, spec: AgentSpec, env: dict[bytes, bytes]) -> _Child:
+    def spawn(cls, spec: AgentSpec, env: dict[bytes, bytes], command: list[str]) -> _Child:
         """Start the child in a new process group. Raises OSError/ValueError if it cannot.
 
         On failure nothing is left behind: no descriptor, and no child (one spawned
@@ -293,7 +298,7 @@ class _Child:
             on_failure.callback(os.close, stderr_r)
             always.callback(os.close, stderr_w)
             popen = subprocess.Popen(
-                spec.command,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_w,
                 stderr=stderr_w,

@@ -534,7 +534,7 @@ REJECTED = [
     ),
     (
         '[agents.web]\ncommand = "x"\nready = true',
-        ['agents.web.ready: must be one of "immediate", "notify", not true'],
+        ['agents.web.ready: must be "immediate", "notify" or a probe table, not true'],
     ),
     # other values
     (
@@ -931,6 +931,7 @@ def test_spec_to_table_keys() -> None:
         "critical": False,
         "enabled": True,
         "log_lines": 1000,
+        "watchdog": 0.0,
     }
 
 
