@@ -251,6 +251,7 @@ class Slot:
         if self._failure is not None:
             return
         self._failure = reason
+        log.warning("%s: %s; stopping it", self.spec.id, reason, extra={"about": self.spec.id})
         self._set("stopping", reason)
         if self._stop_callback is not None:
             self._stop_callback()

@@ -14,6 +14,7 @@ import trio
 
 from supervisor import manifest as mf
 from supervisor.core.outcome import ExitRecord
+from supervisor.health.monitor import HealthRecord
 from supervisor.owner import Supervisor
 from supervisor.slot import Slot
 
@@ -49,6 +50,23 @@ def agent_json(slot: Slot, offset: float) -> dict[str, Any]:
         "up": slot.up,
         "status": s.status,
         "reason": s.reason,
+        "blocked": round(s.blocked, 3) if s.kind == "in-process" else None,
+        "health": _health_json(s.health, offset),
+    }
+
+
+def _health_json(record: HealthRecord | None, offset: float) -> dict[str, Any] | None:
+    """The last probe check and the watchdog of an agent that has any (docs/api.md)."""
+    if record is None:
+        return None
+    return {
+        "probe": record.probe or None,  # "ready" or "liveness": the last one checked
+        "result": record.result or None,  # "ok", or what failed
+        "checked_at": None if record.checked_at is None else round(offset + record.checked_at, 3),
+        "failures_in_a_row": record.in_a_row,
+        "watchdog": record.watchdog or None,
+        "last_heartbeat": round(offset + record.last_beat, 3) if record.last_beat else None,
+        "ended_run": record.runs_ended or None,  # why health last ended a run
     }
 
 

@@ -81,6 +81,44 @@ class SupervisorCollector:
         agents = GaugeMetricFamily("supervisor_agents", "agents in the slot table")
         agents.add_metric([], len(self.sup.slots))
         yield from (agents, state, up, restarts, uptime)
+        yield from self._health()
+
+    def _health(self) -> Iterator[Metric]:
+        """Probe checks, runs ended by health, and loop blocking (docs/agents.md, Health)."""
+        checks = CounterMetricFamily(
+            "supervisor_agent_probe_checks",
+            "probe checks, by probe (ready, liveness) and result (ok, failed)",
+            labels=["agent", "probe", "result"],
+        )
+        last = GaugeMetricFamily(
+            "supervisor_agent_probe_ok",
+            "1 if the agent's last probe check passed, 0 if it failed",
+            labels=["agent", "probe"],
+        )
+        ended = CounterMetricFamily(
+            "supervisor_agent_health_failures",
+            "runs ended by health: a liveness probe's failures or a watchdog miss",
+            labels=["agent", "by"],
+        )
+        blocked = CounterMetricFamily(
+            "supervisor_agent_blocked_seconds",
+            "seconds an in-process agent held the event loop in steps over loop_lag_warning",
+            labels=["agent"],
+        )
+        for agent_id, slot in self.sup.slots.items():
+            if slot.spec.kind == "in-process":
+                blocked.add_metric([agent_id], slot.blocked)
+            record = slot.health
+            if record is None:
+                continue
+            for (what, result), count in record.checks.items():
+                if result == "ended":
+                    ended.add_metric([agent_id, what], count)
+                else:
+                    checks.add_metric([agent_id, what, result], count)
+            if record.probe:
+                last.add_metric([agent_id, record.probe], 1 if record.result == "ok" else 0)
+        yield from (checks, last, ended, blocked)
 
     def _reloads(self) -> Iterator[Metric]:
         reloads = CounterMetricFamily(

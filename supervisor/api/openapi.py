@@ -94,6 +94,25 @@ _AGENT_SCHEMA = {
         "up": {"type": "boolean", "description": "running, or exited ok"},
         "status": {"type": "string", "description": "the agent's own one-line status"},
         "reason": {"type": "string", "description": "why it is in this state"},
+        "blocked": {
+            "type": ["number", "null"],
+            "description": "seconds the agent held the event loop in too long steps"
+            " (in-process only)",
+        },
+        "health": {
+            "type": ["object", "null"],
+            "description": "with a probe or a watchdog: the last check and why health last"
+            " ended a run (docs/agents.md, Health)",
+            "properties": {
+                "probe": {"enum": ["ready", "liveness", None]},
+                "result": {"type": ["string", "null"], "description": '"ok", or what failed'},
+                "checked_at": {"type": ["number", "null"]},
+                "failures_in_a_row": {"type": "integer", "minimum": 0},
+                "watchdog": {"type": ["number", "null"]},
+                "last_heartbeat": {"type": ["number", "null"]},
+                "ended_run": {"type": ["string", "null"]},
+            },
+        },
     },
 }
 

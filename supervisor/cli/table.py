@@ -29,8 +29,21 @@ def _row(agent: dict[str, Any], now: float) -> tuple[str, ...]:
         str(agent["restarts"]),
         format_duration(now - agent["since"]) if running else "-",
         _last_exit(agent["last_exit"], now),
-        (agent.get("status") if running else agent.get("reason")) or "",
+        _note(agent) if running else agent.get("reason") or "",
     )
+
+
+def _note(agent: dict[str, Any]) -> str:
+    """A running agent's status text, then what its health checks last said."""
+    notes = [agent.get("status") or ""]
+    health = agent.get("health") or {}
+    if health.get("result") not in (None, "ok"):
+        notes.append(f"{health['probe']}: {health['result']}")
+    if health.get("ended_run"):
+        notes.append(f"restarted: {health['ended_run']}")
+    if agent.get("blocked"):
+        notes.append(f"blocked the loop {agent['blocked']:.1f}s")
+    return "; ".join(note for note in notes if note)
 
 
 def _last_exit(last: dict[str, Any] | None, now: float) -> str:

@@ -37,7 +37,7 @@ async def beats_forever(ctx: AgentContext) -> None:
 async def blocks_the_loop(ctx: AgentContext) -> None:
     """Calls blocking code in the loop once (the mistake loop_lag_warning names)."""
     await trio.sleep(ctx.params.get("after", 0.1))
-    time.sleep(ctx.params.get("seconds", 1.0))
+    time.sleep(ctx.params.get("seconds", 1.0))  # noqa: ASYNC251 (the point of this agent)
     ctx.status("blocked")
     await trio.sleep_forever()
 
@@ -53,15 +53,18 @@ async def logs_ready(ctx: AgentContext) -> None:
 # -- process agents -----------------------------------------------------------------
 
 
-def http_server(port: int, good: int, count_file: str) -> None:
+def http_server(port: int, good: int, count_file: str, then: str = "503") -> None:
     """Answers GET /healthz 200 `good` times (counted over restarts in `count_file`), then
-    503 for ever; prints "serving" once it listens."""
+    503 for ever, or with `then` = "hang" never answers again (alive, its one thread
+    stuck); prints "serving" once it listens."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             path = Path(count_file)
             seen = int(path.read_text() or 0) if path.exists() else 0
             path.write_text(str(seen + 1))
+            if seen >= good and then == "hang":
+                time.sleep(3600)
             self.send_response(200 if seen < good else 503)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -104,7 +107,7 @@ def tcp_server(port: int, accept_for: float) -> None:
 if __name__ == "__main__":
     name, *args = sys.argv[1:]
     if name == "http":
-        http_server(int(args[0]), int(args[1]), args[2])
+        http_server(int(args[0]), int(args[1]), args[2], *args[3:])
     elif name == "tcp":
         tcp_server(int(args[0]), float(args[1]))
     else:

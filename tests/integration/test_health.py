@@ -37,18 +37,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_for(slot: Slot, condition: Any, timeout: float = 30) -> None:
-    with trio.fail_after(timeout):
+async def wait_for(slot: Slot, condition: Any, limit: float = 30) -> None:
+    with trio.fail_after(limit):
         while not condition():
             await slot.changed.wait()
 
 
-async def run_until(slot: Slot, condition: Any, timeout: float = 30) -> None:
+async def run_until(slot: Slot, condition: Any, limit: float = 30) -> None:
     """Launch `slot`, wait for `condition()`, then stop it."""
     async with trio.open_nursery() as nursery:
         slot.launch(nursery)
         try:
-            await wait_for(slot, condition, timeout)
+            await wait_for(slot, condition, limit)
         finally:
             slot.stop()
 
@@ -184,7 +184,7 @@ async def test_inprocess_agent_that_stops_heartbeating_fails_its_run(
     slot = inprocess("beats_then_stops", params={"beats": 5}, watchdog=2.0)
     async with trio.open_nursery() as nursery:
         slot.launch(nursery)
-        await wait_for(slot, lambda: slot.restarts >= 1, timeout=100)
+        await wait_for(slot, lambda: slot.restarts >= 1, limit=100)
         # beats at 0..4 s, the last one at 4: nothing by 6 s
         assert slot.exits[0].at == pytest.approx(6.0)
         assert errors(slot) == ["watchdog: no heartbeat within 2s"]
@@ -209,7 +209,7 @@ async def test_liveness_timing_under_the_mock_clock(autojump_clock: trio.testing
     slot = inprocess("beats_forever", liveness=probe)
     async with trio.open_nursery() as nursery:
         slot.launch(nursery)
-        await wait_for(slot, lambda: slot.exits, timeout=1000)
+        await wait_for(slot, lambda: slot.exits, limit=1000)
         slot.stop()
     assert slot.exits[0].at == pytest.approx(25.0)  # checks at 5, 15, 25
     assert errors(slot) == ["liveness: connect 127.0.0.1:1: connection refused three times"]
@@ -251,5 +251,5 @@ async def test_watchdog_trigger_fails_the_run_at_once() -> None:
         make_spec("svc", kind="process", command=("sh", "-c", script), watchdog=60, backoff=QUICK),
         make_runner(),
     )
-    await run_until(slot, lambda: slot.restarts >= 1, timeout=20)
+    await run_until(slot, lambda: slot.restarts >= 1, limit=20)
     assert errors(slot)[0] == "watchdog: the agent sent WATCHDOG=trigger"
