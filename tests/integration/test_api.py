@@ -42,7 +42,7 @@ IDLE = f'[agents.a]\nentry = "{AGENTS}:idle"\n'
 CHUNKED = "Transfer-Encoding: chunked"
 AGENT_KEYS = {
     "id", "kind", "source", "state", "pid", "restarts", "since", "last_exit", "spec",
-    "up", "status", "reason",
+    "up", "status", "reason", "blocked", "health",
 }  # fmt: skip
 
 
