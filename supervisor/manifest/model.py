@@ -376,6 +376,7 @@ class AgentKeys:
     log_lines: int | None = attrs.field(
         default=None,
         metadata=_doc("lines of recent output kept in memory for GET /agents/{id}/logs", minimum=0),
+    )
     liveness: Probe | None = attrs.field(
         default=None,
         metadata=_doc(

@@ -43,6 +43,7 @@ class Hooks(Protocol):
 
     def output(self, stream: str, lines: Sequence[str]) -> None:
         """Lines the agent printed ("stdout", "stderr") or logged with ``ctx.log`` ("log")."""
+
     def heartbeat(self) -> None:
         """The agent is alive (``ctx.heartbeat()``, ``WATCHDOG=1``): feeds its `watchdog`."""
 

@@ -55,17 +55,21 @@ async def logs_ready(ctx: AgentContext) -> None:
 
 def http_server(port: int, good: int, count_file: str, then: str = "503") -> None:
     """Answers GET /healthz 200 `good` times (counted over restarts in `count_file`), then
-    503 for ever, or with `then` = "hang" never answers again (alive, its one thread
-    stuck); prints "serving" once it listens."""
+    503 for ever; or, with `then` = "hang", never answers the next request (alive, its
+    one thread stuck) and answers 200 again once restarted. Prints "serving" once it
+    listens."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = Path(count_file)
             seen = int(path.read_text() or 0) if path.exists() else 0
             path.write_text(str(seen + 1))
-            if seen >= good and then == "hang":
-                time.sleep(3600)
-            self.send_response(200 if seen < good else 503)
+            if then == "hang":
+                if seen == good:
+                    time.sleep(3600)
+                self.send_response(200)
+            else:
+                self.send_response(200 if seen < good else 503)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -81,7 +81,7 @@ params = {{ after = 0.5, seconds = 1.0 }}
         reason = f"liveness: GET {url}: no answer within 0.3s twice"
         assert web["last_exit"]["error"] == reason
         assert web["health"]["ended_run"] == reason
-        assert web["last_exit"]["at"] - hung_at < 0.5 * 2 + 0.3 + 2.0  # generous: load
+        assert web["last_exit"]["at"] - hung_at < 0.5 * 2 + 0.3 + 5.0  # generous: load
 
         # bot: heartbeats at 0 and 1 s, then none: restarted about 2 s after its start
         wait_until(lambda: agent(sock, "bot")["restarts"] >= 1, timeout=30, what="bot restarted")
@@ -91,7 +91,7 @@ params = {{ after = 0.5, seconds = 1.0 }}
 
         # blocker: named in the log, with the time, and counted
         wait_until(lambda: agent(sock, "blocker")["blocked"] >= 1.0, timeout=30, what="blocked")
-        sup.wait_log("blocker: held the event loop for 1.0")
+        sup.wait_log("blocker: held the event loop for 1.")  # 1.0s, or more under load
         assert agent(sock, "web")["blocked"] is None  # a process does not block our loop
 
         sup.wait_log(f"web: {reason}; stopping it")
@@ -112,10 +112,11 @@ params = {{ after = 0.5, seconds = 1.0 }}
         assert blocked
         assert float(blocked[0].split()[-1]) >= 1.0
 
+        # web answers again once restarted: running, with why it was restarted
         def restarted_shown() -> str:
             out = run_cli("status", "--api", f"unix:{sock}").stdout
             return out if "restarted: liveness: GET" in out else ""
 
         table = wait_until(restarted_shown, timeout=30, what="web running again in status")
         assert "watchdog: no heartbeat within 1s" in table  # bot: running again, or backoff
-        assert "blocked the loop 1.0s" in table
+        assert "blocked the loop 1." in table
