@@ -29,6 +29,8 @@ from typing import Any, Literal, TextIO
 
 import trio
 
+from supervisor.escape import CONTINUATION, escape_lines, escape_text
+
 LogFormat = Literal["text", "json"]
 
 log = logging.getLogger("supervisor")
@@ -120,13 +122,20 @@ class TextFormatter(logging.Formatter):
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))
         stamp = f"{ts}.{int(record.msecs):03d}"
         agent = getattr(record, "agent", None)
+        # Agents' text is shown, not obeyed (supervisor.escape): an agent's line, and
+        # the supervisor's event about an agent, stay one line; the supervisor's own
+        # multi-line messages (lists of problems) and tracebacks continue on indented
+        # lines, so that only a record's first line starts at column 0.
         msg = record.getMessage()
+        one_line = agent is not None or getattr(record, "about", None) is not None
+        msg = escape_text(msg) if one_line else escape_lines(msg)
         if record.exc_info:
-            msg = f"{msg}\n{self.formatException(record.exc_info)}"
+            trace = escape_lines(self.formatException(record.exc_info))
+            msg = f"{msg}\n{CONTINUATION}{trace}"
         if agent is None:
             return f"{stamp} supervisor | {record.levelname} {msg}"
         if getattr(record, "stream", None) is not None:
-            return f"{stamp} {agent} | {msg.translate(_ESCAPES)}"
+            return f"{stamp} {agent} | {msg}"
         return f"{stamp} {agent} | {record.levelname} {msg}"
 
 
@@ -146,11 +155,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
-
-
-# Control characters an agent could use to forge or hide lines on a terminal: shown
-# escaped in text logs (JSON escapes them itself). Not "\n": it separates lines.
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c not in (9, 10)}
 
 
 class _Writer:
@@ -203,7 +207,8 @@ class _Writer:
             )
         else:
             prefix = f"{_stamp(now)} {agent_id} | "
-            text = prefix + f"\n{prefix}".join(lines[:fit]).translate(_ESCAPES)
+            # Agents' text is shown, not obeyed: control characters escaped.
+            text = prefix + f"\n{prefix}".join(map(escape_text, lines[:fit]))
         if not self.offer(text, own=False):
             dropped[agent_id] += fit
 

@@ -22,6 +22,7 @@ from supervisor.cli.client import (
     fail_unless,
 )
 from supervisor.cli.table import format_table
+from supervisor.escape import escape_text
 
 
 def connect(args: argparse.Namespace) -> Api:
@@ -61,7 +62,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     unchanged = len(result["unchanged"])
     print(f"unchanged: {unchanged} agent{'s' * (unchanged != 1)}")
     for agent_id, why in result["failed"].items():
-        print(f"failed to start: {agent_id}: {why}")
+        print(f"failed to start: {agent_id}: {escape_text(why)}")
     return EXIT_NOT_READY if result["failed"] else EXIT_OK
 
 
@@ -77,4 +78,4 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 def _describe(agent: dict[str, Any]) -> str:
     why = agent.get("reason") or ""
-    return f"{agent['id']}: {agent['state']}{f' ({why})' if why else ''}"
+    return escape_text(f"{agent['id']}: {agent['state']}{f' ({why})' if why else ''}")

@@ -1,15 +1,21 @@
-"""The `supervisor status` table: one aligned row per agent, durations like `ps`."""
+"""The `supervisor status` table: one aligned row per agent, durations like `ps`.
+
+Every cell is shown with its control characters escaped (`supervisor.escape`): an
+agent's STATUS or exception text cannot drive the terminal or add a row.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from supervisor.escape import escape_text
 
 _COLUMNS = ("ID", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT", "NOTE")
 
 
 def format_table(agents: list[dict[str, Any]], *, now: float) -> str:
     """The agents as an aligned text table; `now` is the wall time uptimes end at."""
-    rows = [_COLUMNS, *(_row(a, now) for a in agents)]
+    rows = [_COLUMNS, *(tuple(map(escape_text, _row(a, now))) for a in agents)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
     return "\n".join(
         "  ".join(

@@ -8,6 +8,7 @@ reload answers and logs), never a hang, a traceback or a whole file in memory
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -270,3 +271,58 @@ def test_an_agents_keyboard_interrupt_is_its_failure_and_sigint_still_stops(
         sup.signal(signal.SIGINT)
         assert sup.wait_exit() == 0, sup.output()
         assert "SIGINT: stopping gracefully" in sup.output()
+
+
+# --- Agent text is shown, not obeyed (docs/operations.md, "Agent text") --------------
+
+SHOWS_STATUS = """\
+import trio
+
+async def main(ctx):
+    ctx.status("\\x1b]0;owned\\x07busy\\nFAKE ROW")
+    ctx.log.warning("evil \\x1b[2J\\r\\n12:00:00.000 supervisor | INFO forged by log")
+    await trio.sleep_forever()
+"""
+CRASHES = """\
+async def main(ctx):
+    raise ValueError("boom\\n12:00:00.000 supervisor | INFO forged by crash\\x1b[31m\\r")
+"""
+PRINTS = r"printf '\033[2Jhi\rFAKE\n'; printf '\302\233\n'; exec sleep 100000"
+
+
+def test_control_characters_are_escaped_in_logs_and_status(tmp_path: Path, sock: Path) -> None:
+    for name, source in (("shows", SHOWS_STATUS), ("crashes", CRASHES)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "agent.py").write_text(source)
+    manifest = tmp_path / "agents.toml"
+    manifest.write_text(
+        '[agents.shows]\npath = "shows"\n'
+        '[agents.crashes]\npath = "crashes"\nrestart = "never"\n'
+        f"[agents.prints]\ncommand = {json.dumps(['sh', '-c', PRINTS])}\n"
+    )
+    with SupervisorProcess(manifest, "--api", f"unix:{sock}") as sup:
+        wait_until(sock.exists, what="the API's socket")
+        sup.wait_log("crashes: failed")
+        sup.wait_log("hi\\rFAKE")
+        sup.wait_log("\\x9b")
+        wait_until(lambda: request(sock, "GET", "/agents/shows").json()["status"])
+        status = subprocess.run(
+            [sys.executable, "-m", "supervisor", "status", "--api", f"unix:{sock}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        out = sup.output()
+    for shown in (out, status.stdout):
+        assert "\x1b" not in shown, shown
+        assert "\r" not in shown, shown
+        assert "\x9b" not in shown, shown
+    # Every line at column 0 is a record: none of the agents' forgeries is one.
+    assert not [line for line in out.splitlines() if line.startswith("12:00:00.000")]
+    assert "evil \\x1b[2J\\r\\n12:00:00.000 supervisor | INFO forged by log" in out
+    forged = "boom\\n12:00:00.000 supervisor | INFO forged by crash\\x1b[31m\\r"
+    assert f"crashes | ERROR crashed: ValueError: {forged}\n    Traceback" in out
+    assert f"supervisor | WARNING crashes: failed (ValueError: {forged})\n" in out
+    rows = status.stdout.splitlines()
+    assert len(rows) == 4, status.stdout  # the header and three agents
+    assert "\\x1b]0;owned\\x07busy\\nFAKE ROW" in rows[3] + rows[2] + rows[1]
