@@ -22,7 +22,6 @@ from supervisor.logs import log
 from supervisor.owner import Supervisor
 from supervisor.runners.dispatch import make_runner
 from supervisor.signals import handle_signals, is_pid1
-from supervisor.watch import watch_manifest
 
 if TYPE_CHECKING:
     from supervisor.cluster.member import ClusterMember
@@ -103,6 +102,8 @@ async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None)
             if cluster is not None:  # cancelled after sup.run(): agents stop, then it leaves
                 await nursery.start(cluster.run, sup.request_reconcile, sup.fence)
             if watch:
+                from supervisor.watch import watch_manifest  # watchfiles: only with --watch
+
                 await nursery.start(
                     watch_manifest,
                     lambda: sup.manifest,

@@ -20,8 +20,6 @@ from collections.abc import Awaitable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -42,6 +40,8 @@ from supervisor.owner import Supervisor
 from supervisor.slot import Slot
 
 if TYPE_CHECKING:  # the member's etcd client (httpx) loads only in cluster mode
+    from prometheus_client import CollectorRegistry
+
     from supervisor.cluster.member import ClusterMember
 
 
@@ -58,8 +58,8 @@ class ControlApi:
         self.sup = sup
         self.guard = guard
         self.cluster = cluster
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SupervisorCollector(sup, requests))
+        self.requests = requests
+        self._registry: CollectorRegistry | None = None  # made at the first scrape
 
     def routes(self) -> list[BaseRoute]:
         load: Endpoint = self.load
@@ -130,9 +130,16 @@ class ControlApi:
         return JSONResponse({"ready": True, "not_ready": {}})
 
     async def metrics(self, request: Request) -> Response:
+        # prometheus-client loads here, at the first scrape (docs/performance.md).
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import choose_encoder
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(SupervisorCollector(self.sup, self.requests))
         # Negotiated like prometheus-client's own handlers: OpenMetrics when asked for.
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encode(self.registry), headers={"content-type": content_type})
+        return Response(encode(self._registry), headers={"content-type": content_type})
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(OPENAPI)

@@ -4,6 +4,8 @@ Nothing is counted per event: a state change, a restart or an exit costs the met
 nothing. `SupervisorCollector.collect()` walks `Supervisor.slots` when Prometheus scrapes
 (O(agents) per scrape), which is cheaper than keeping thousands of gauges current. The
 one thing counted as it happens is API requests, by the API's own middleware.
+prometheus-client itself is imported at the first scrape, not at start: a supervisor
+nobody scrapes never loads it (3 MiB, docs/performance.md).
 
 Each agent's state is one sample, ``supervisor_agent_state{agent, state} 1``, for the
 state it is in now: with 10,000 agents the enum form (one sample per possible state)
@@ -18,9 +20,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from supervisor.owner import Supervisor
 
 # (route template, method, status code) -> requests answered
@@ -39,6 +42,8 @@ class SupervisorCollector:
         self.requests: RequestCounts = requests if requests is not None else Counter()
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         yield from self._agents()
         yield from self._reloads()
         requests = CounterMetricFamily(
@@ -51,6 +56,8 @@ class SupervisorCollector:
         yield requests
 
     def _agents(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         state = GaugeMetricFamily(
             "supervisor_agent_state",
             "1 for the state each agent is in now",
@@ -121,6 +128,8 @@ class SupervisorCollector:
         yield from (checks, last, ended, blocked)
 
     def _reloads(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         reloads = CounterMetricFamily(
             "supervisor_reloads", "reloads of the manifest, by result", labels=["result"]
         )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-
 from supervisor import manifest as mf
 from supervisor.api.openapi_observe import OBSERVE_PATHS, OBSERVE_SCHEMAS
+
+# prometheus-client's text format (its CONTENT_TYPE_PLAIN_0_0_4), without importing it
+METRICS_MEDIA_TYPE = "text/plain"
 
 
 def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
@@ -190,7 +191,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": {
                         "description": "Prometheus text format",
-                        **_body({"type": "string"}, CONTENT_TYPE_PLAIN_0_0_4.split(";")[0]),
+                        **_body({"type": "string"}, METRICS_MEDIA_TYPE),
                     }
                 },
             }

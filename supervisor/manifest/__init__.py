@@ -86,7 +86,14 @@ from supervisor.manifest.model import (
     Settings,
     Source,
 )
-from supervisor.manifest.schema import json_schema
+
+
+def json_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (`supervisor.manifest.schema`, imported only for it)."""
+    from supervisor.manifest.schema import json_schema as build
+
+    return build()
+
 
 __all__ = [
     "CLUSTER_PATTERN",

@@ -1,0 +1,32 @@
+"""What `supervisor run` loads: only what it uses (docs/performance.md#what-limits-ours).
+
+Every module imported at start costs start time before the first agent is spawned, and
+memory for as long as the supervisor runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Loaded only when used: the metrics library at the first scrape of /metrics, watchfiles
+# with --watch, the JSON Schema builder for `supervisor schema`, the etcd client
+# (httpx) in cluster mode.
+NOT_AT_START = ["prometheus_client", "watchfiles", "supervisor.manifest.schema", "httpx"]
+
+
+def test_run_loads_nothing_it_does_not_use_at_start() -> None:
+    code = (
+        "import sys, supervisor.cli, supervisor.run, supervisor.api.serve\n"
+        f"print(sorted(m for m in {NOT_AT_START!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_openapi_media_type_of_metrics_is_prometheus_clients() -> None:
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+    from supervisor.api.openapi import METRICS_MEDIA_TYPE
+
+    assert CONTENT_TYPE_PLAIN_0_0_4.split(";")[0] == METRICS_MEDIA_TYPE
