@@ -1,4 +1,4 @@
-"""`AgentContext`: what an in-process agent is handed (SPEC §2).
+"""`AgentContext`: what an in-process agent is handed (docs/agents.md, "The context").
 
 One context is made per start of an agent, by the in-process runner
 (`supervisor.runners.inprocess`), and lives exactly as long as that start. The agent

@@ -22,7 +22,7 @@ def autojump_clock() -> trio.testing.MockClock:
 
 
 def make_spec(agent_id: str = "a", **keys: Any) -> AgentSpec:
-    """An in-process AgentSpec with the defaults of SPEC §1, rooted in tests/."""
+    """An in-process AgentSpec with the defaults of docs/manifest.md, rooted in tests/."""
     keys.setdefault("kind", "process" if "command" in keys else "in-process")
     if keys["kind"] == "in-process":
         keys.setdefault("entry", "agents.idle:main")

@@ -1,4 +1,4 @@
-"""Who can reach the control API, and who may change things through it (SPEC §6).
+"""Who can reach the control API, and who may change things through it (docs/api.md).
 
 Two rules, applied by `Guard`: when a token is set (``$SUPERVISOR_TOKEN`` or
 `api_token_file`), every route that changes anything needs ``Authorization: Bearer

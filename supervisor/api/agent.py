@@ -35,7 +35,7 @@ def wall_offset() -> float:
 
 
 def agent_json(slot: Slot, offset: float) -> dict[str, Any]:
-    """The AGENT object of SPEC §6, plus ``up``, ``status`` and ``reason``."""
+    """The AGENT object of docs/api.md, plus ``up``, ``status`` and ``reason``."""
     s = slot.statistics()
     return {
         "id": s.id,

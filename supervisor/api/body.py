@@ -2,7 +2,7 @@
 
 `read_json_object` reads a body as a JSON object no larger than `MAX_BODY`, and refuses
 what parses but could not be stored in the TOML state file and shown as JSON again, so a
-bad body answers 4xx with a clear message, never a 500 (SPEC §6). `DrainUnreadBody`
+bad body answers 4xx with a clear message, never a 500 (docs/api.md). `DrainUnreadBody`
 makes sure an answer completes even when the app left a body unread.
 """
 

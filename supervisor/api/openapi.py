@@ -1,6 +1,6 @@
 """The control API's OpenAPI 3.1 document, as data: ``GET /openapi.json`` serves `OPENAPI`.
 
-It describes what `supervisor.api.app` answers (SPEC §6); tests check the two agree, route by
+It describes what `supervisor.api.app` answers (docs/api.md); tests check the two agree, route by
 route and against a schemathesis run. The small builders below only keep the repeated
 parts (a JSON body, a reference, the error answers) from drowning the routes.
 """

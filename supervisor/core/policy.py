@@ -1,6 +1,6 @@
 """Restart decisions and backoff: pure, no trio, no I/O. Time is given as ``now``.
 
-The rules (SPEC §1):
+The rules (docs/agents.md, "Restarts and backoff"):
 
 - ``restart = "never"`` never restarts; ``"on-failure"`` restarts a run that failed;
   ``"always"`` restarts every run. A run succeeded when it exited with one of

@@ -1,4 +1,4 @@
-"""The manifest: frozen attrs models of SPEC §1, built from TOML once, at the edge.
+"""The manifest: frozen attrs models of the manifest (docs/manifest.md), built from TOML once, at the edge.
 
 No other module sees raw TOML dicts: they get a `Manifest` whose agents are fully
 resolved `AgentSpec`s (defaults merged, folder agents read, paths absolute, kind known).

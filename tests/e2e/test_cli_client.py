@@ -2,7 +2,7 @@
 
 Each test runs `supervisor run` in a subprocess with its API on a unix socket, then runs
 the client commands (`status`, `reload`, `start`, `stop`, `restart`) as subprocesses and
-checks their output and exit codes (SPEC §5). Agents are `sleep` processes.
+checks their output and exit codes (docs/operations.md, README). Agents are `sleep` processes.
 """
 
 from __future__ import annotations
