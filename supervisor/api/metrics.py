@@ -92,6 +92,8 @@ class SupervisorCollector:
 
     def _health(self) -> Iterator[Metric]:
         """Probe checks, runs ended by health, and loop blocking (docs/agents.md, Health)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         checks = CounterMetricFamily(
             "supervisor_agent_probe_checks",
             "probe checks, by probe (ready, liveness) and result (ok, failed)",
