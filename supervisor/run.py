@@ -7,6 +7,7 @@ import os
 import resource
 import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,7 +70,7 @@ def run_main(
             print(exc, file=sys.stderr)
             return EXIT_INVALID
         try:
-            return trio.run(_main, m, address, watch, join)
+            return trio.run(_main, m, address, _watch_baseline(m) if watch else None, join)
         except BaseExceptionGroup as group:
             refused, rest = group.split(ApiConfigError)
             if refused is None or rest is not None:
@@ -82,7 +83,8 @@ def run_main(
         logs.shutdown()
 
 
-async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None) -> int:
+async def _main(m: mf.Manifest, address: str, watch: str | None, join: Joining | None) -> int:
+    """Run everything; `watch` is the ``--watch`` baseline (None: no ``--watch``)."""
     # As PID 1 the kernel kills the whole PID namespace when we die: no keeper needed.
     keeper = None if is_pid1() else _start_keeper()
     cluster = None if join is None else _member(join)
@@ -101,14 +103,17 @@ async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None)
                 await nursery.start(serve_api, sup, address, cluster)
             if cluster is not None:  # cancelled after sup.run(): agents stop, then it leaves
                 await nursery.start(cluster.run, sup.request_reconcile, sup.fence)
-            if watch:
+            if watch is not None:
                 from supervisor.watch import watch_manifest  # watchfiles: only with --watch
 
                 await nursery.start(
-                    watch_manifest,
-                    lambda: sup.manifest,
-                    lambda: [s.spec.path for s in sup.slots.values() if s.spec.path],
-                    lambda: sup.request_reload().wait(),
+                    partial(
+                        watch_manifest,
+                        lambda: sup.manifest,
+                        lambda: [s.spec.path for s in sup.slots.values() if s.spec.path],
+                        lambda: sup.request_reload().wait(),
+                        applied=watch,
+                    )
                 )
             log.info("supervisor %d: %d agents from %s", os.getpid(), len(m.agents), m.path)
             code = await sup.run()
@@ -121,6 +126,14 @@ async def _main(m: mf.Manifest, address: str, watch: bool, join: Joining | None)
         _write_termination_log(sup.exit_message)
     log.info("stopped (exit %d)", code)
     return code
+
+
+def _watch_baseline(m: mf.Manifest) -> str:
+    """What `m` was loaded from, taken right after loading it: a write landing before
+    ``--watch`` is armed then differs from it, and is applied."""
+    from supervisor.watch import fingerprint  # watchfiles: only with --watch
+
+    return fingerprint(m, [spec.path for spec in m.agents.values() if spec.path is not None])
 
 
 def _write_termination_log(message: str) -> None:

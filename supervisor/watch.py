@@ -69,6 +69,7 @@ async def watch_manifest(
     agent_folders: Callable[[], list[Path]],
     reload: Callable[[], Awaitable[object]],
     *,
+    applied: str | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Reload whenever what the manifest resolves to changes, until cancelled.
@@ -78,8 +79,11 @@ async def watch_manifest(
       agent_folders: the folders of folder agents now in force.
       reload: requests a reload and waits until it is done (its errors are logged by
         the owner; they are ignored here).
+      applied: the `fingerprint` of what is in force, taken when it was loaded; if not
+        given, of what is there when this starts.
     """
-    applied = await trio.to_thread.run_sync(fingerprint, current(), agent_folders())
+    if applied is None:
+        applied = await trio.to_thread.run_sync(fingerprint, current(), agent_folders())
     started = False
     while True:
         m, folders = current(), agent_folders()

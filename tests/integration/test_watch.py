@@ -7,6 +7,7 @@ the file held when it was called.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -106,3 +107,21 @@ def test_includes_resolve_as_load_resolves_them(tmp_path: Path) -> None:
     assert fingerprint(m, []) == before
     (conf / "b.toml").write_text('[agents.b]\ncommand = ["false"]\n')
     assert fingerprint(m, []) != before
+
+
+async def test_a_write_before_the_watch_is_armed_is_applied(tmp_path: Path) -> None:
+    path = tmp_path / "agents.toml"
+    put(path, agent(1))
+    m = mf.load(path)
+    baseline = fingerprint(m, [])  # what `supervisor run` takes right after loading
+    put(path, agent(2))  # lands before the watch exists
+    reloaded = trio.Event()
+
+    async def reload() -> None:
+        reloaded.set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(watch_manifest, lambda: m, list, reload, applied=baseline))
+            await reloaded.wait()
+            nursery.cancel_scope.cancel()
