@@ -10,8 +10,10 @@ the agent runs or is gone: that happens on another supervisor, maybe a moment la
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -65,14 +67,17 @@ class ClusterRoutes:
         if agent_id is not None and not isinstance(agent_id, str):
             raise ApiError(422, f"request: id: must be a string, not {agent_id!r}")
         m = self.sup.manifest
+        check = partial(
+            mf.agent_from_table,
+            agent_id,
+            table,
+            base=m.path.parent,
+            defaults=m.defaults,
+            known_ids=[*m.agents, *self.cluster.overlay],
+        )
         try:
-            spec = mf.agent_from_table(
-                agent_id,
-                table,
-                base=m.path.parent,
-                defaults=m.defaults,
-                known_ids=[*m.agents, *self.cluster.overlay],
-            )
+            # A folder agent's files are read: in a worker thread (docs/manifest.md, "Limits").
+            spec = await trio.to_thread.run_sync(check) if "path" in table else check()
         except ManifestError as exc:
             raise invalid(exc) from None
         if spec.id in m.agents:
