@@ -59,9 +59,9 @@ from supervisor.manifest.check import (
     file_tables,
     limit_problems,
     parse_toml,
-    read_text,
 )
 from supervisor.manifest.convert import plain, show
+from supervisor.manifest.files import read_text
 from supervisor.manifest.folder import folder_digest, folder_id
 from supervisor.manifest.model import (
     CLUSTER_PATTERN,

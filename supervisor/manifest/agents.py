@@ -25,9 +25,9 @@ from supervisor.manifest.check import (
     kinds_message,
     parse_toml,
     read_layer,
-    read_text,
 )
 from supervisor.manifest.convert import did_you_mean, show
+from supervisor.manifest.files import read_text
 from supervisor.manifest.folder import read_folder
 from supervisor.manifest.model import KIND_KEYS, AgentSpec, IncludedDocument, Kind, ManifestError
 

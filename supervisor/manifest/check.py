@@ -3,8 +3,8 @@
 `Problems` gathers ``FILE: PATH: message`` lines while a manifest is read; structuring
 through it turns cattrs' error groups into such lines. The rest are the rules the types
 alone do not say, checked on structured values: limits from the fields' metadata,
-entries, env names, nulls, ids, one kind per agent. Reading a file is here too: its
-errors are located the same way.
+entries, env names, nulls, ids, one kind per agent. Files are read by
+`supervisor.manifest.files` (regular files only, bounded), parsed here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from attrs import AttrsInstance
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from supervisor.manifest.convert import Invalid, converter, did_you_mean, keys_given, show
-from supervisor.manifest.files import MIB, Refused, read_bytes
 from supervisor.manifest.model import (
     ENTRY_PATTERN,
     ID_PATTERN,
@@ -147,27 +146,6 @@ def _join(where: str, key: str) -> str:
 
 
 # --- Reading files -----------------------------------------------------------------
-
-
-# A manifest or included file larger than this is refused (docs/manifest.md, "Limits"):
-# 10,000 agents take under 1 MiB.
-MAX_FILE_BYTES = 64 * MIB
-
-
-def read_text(path: Path, label: str) -> str:
-    """The text of a regular file; ManifestError, labelled, if it cannot be read as UTF-8.
-
-    A FIFO, a device or a socket is refused without being opened (see
-    `supervisor.manifest.files`), and so is a file over `MAX_FILE_BYTES`.
-    """
-    try:
-        data = read_bytes(str(path), MAX_FILE_BYTES)
-    except Refused as e:
-        raise ManifestError([f"{label}: {e}"]) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ManifestError([f"{label}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
 
 
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) at line (?P<line>\d+) column (?P<column>\d+)$", re.S)

@@ -17,6 +17,9 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from pathlib import Path
+
+from supervisor.manifest.model import ManifestError
 
 CHUNK = 1 << 20  # bytes read at a time: memory per file read, whatever its size
 MIB = 1 << 20
@@ -127,3 +130,24 @@ def read_bytes(path: str, limit: int) -> bytes:
     finally:
         os.close(fd)
     return b"".join(parts)
+
+
+# A manifest or included file larger than this is refused (docs/manifest.md, "Limits"):
+# 10,000 agents take under 1 MiB.
+MAX_FILE_BYTES = 64 * MIB
+
+
+def read_text(path: Path, label: str) -> str:
+    """The text of a regular file; ManifestError, labelled, if it cannot be read as UTF-8.
+
+    A FIFO, a device or a socket is refused without being opened (see
+    `supervisor.manifest.files`), and so is a file over `MAX_FILE_BYTES`.
+    """
+    try:
+        data = read_bytes(str(path), MAX_FILE_BYTES)
+    except Refused as e:
+        raise ManifestError([f"{label}: {e}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError([f"{label}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None

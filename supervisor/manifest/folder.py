@@ -27,7 +27,6 @@ from supervisor.manifest.check import (
     parse_json,
     parse_toml,
     read_layer,
-    read_text,
 )
 from supervisor.manifest.convert import show
 from supervisor.manifest.files import (
@@ -38,6 +37,7 @@ from supervisor.manifest.files import (
     kind_of,
     os_reason,
     read_chunks,
+    read_text,
 )
 from supervisor.manifest.model import FOLDER_ENTRY, FOLDER_FILES, ManifestError
 
