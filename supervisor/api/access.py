@@ -1,12 +1,14 @@
-"""Who can reach the control API, and who may change things through it (docs/api.md).
+"""Where the control API listens, and who may use it (docs/api.md#who-may-do-what).
 
-Two rules, applied by `Guard`: when a token is set (``$SUPERVISOR_TOKEN`` or
-`api_token_file`), every route that changes anything needs ``Authorization: Bearer
-<token>``; with no token, changes are served only when the API listens where only local
-clients reach it, loopback or a unix socket. Reads need nothing.
+The token: the one the user set (``$SUPERVISOR_TOKEN`` or `api_token_file`, refused when
+others can read the file), else, on TCP, one the supervisor makes at start in a file
+only its user can read (`supervisor.api.tokenfile`), which the CLI finds by itself. A
+unix socket with no token set gets mode 0600 instead. `Guard` checks the token;
+`supervisor.api.rules` applies it, with the CSRF and DNS-rebinding rules, to every
+request.
 
 So where the API listens is part of its security, and lives here too: parsing the
-address, deciding whether it is local, and binding the socket (clearly failing, and
+address, deciding whether it is loopback, and binding the socket (clearly failing, and
 replacing a unix socket left behind by a supervisor that is gone).
 """
 
@@ -17,6 +19,7 @@ import hmac
 import ipaddress
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import attrs
 from starlette.requests import Request
 
 from supervisor.api.errors import ApiError
+from supervisor.logs import log
 from supervisor.manifest import Settings
 
 TOKEN_ENV = "SUPERVISOR_TOKEN"
@@ -80,22 +84,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind(listen: Listen, address: str) -> socket.socket:
+def bind(listen: Listen, address: str, *, private: bool = False) -> socket.socket:
     """A listening, non-blocking socket for `listen`.
 
     A unix socket file left by a supervisor that is gone is replaced; one that still
-    answers is not.
+    answers is not. A `private` unix socket gets mode 0600: only this user (and root)
+    can connect.
 
     Raises:
       ApiConfigError: the address cannot be bound (in use, no permission, no such host).
     """
     try:
-        return _listening_socket(listen)
+        return _listening_socket(listen, private)
     except OSError as exc:
         raise ApiConfigError(f"API address {address}: cannot listen: {exc}") from None
 
 
-def _listening_socket(listen: Listen) -> socket.socket:
+def _listening_socket(listen: Listen, private: bool) -> socket.socket:
     target: Any
     if listen.path is not None:
         _remove_stale_socket(listen.path)
@@ -108,6 +113,8 @@ def _listening_socket(listen: Listen) -> socket.socket:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(target)
+        if family == socket.AF_UNIX and private:
+            os.chmod(target, 0o600)  # before listen(): nobody else ever connects
         sock.listen(BACKLOG)
         sock.setblocking(False)
     except BaseException:
@@ -138,15 +145,16 @@ def bound_address(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}"
 
 
-# -- who may change things ----------------------------------------------------------
+# -- who may do things -------------------------------------------------------------
 
 
-def api_token(settings: Settings) -> str | None:
-    """The API token: ``$SUPERVISOR_TOKEN`` if set and not empty, else the content of
-    `api_token_file` (stripped), else None.
+def configured_token(settings: Settings) -> str | None:
+    """The token the user set: ``$SUPERVISOR_TOKEN`` if set and not empty, else the
+    content of `api_token_file` (stripped), else None.
 
     Raises:
-      ApiConfigError: the token file cannot be read, or holds only whitespace.
+      ApiConfigError: the token file cannot be read, holds only whitespace, or others
+        than its owner and group can read or write it.
     """
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
@@ -155,6 +163,19 @@ def api_token(settings: Settings) -> str | None:
     if path is None:
         return None
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o007:
+            raise ApiConfigError(
+                f"api_token_file {path}: others can use it (mode {mode:04o}): "
+                f"run `chmod 600 {path}` (or 640 for a group; Kubernetes: defaultMode 0400)"
+            )
+        if mode & 0o070:
+            log.warning(
+                "api_token_file %s: its group can read it (mode %04o); every member of "
+                "the group can drive the API",
+                path,
+                mode,
+            )
         token = path.read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ApiConfigError(f"api_token_file {path}: cannot read it: {exc}") from None
@@ -165,28 +186,27 @@ def api_token(settings: Settings) -> str | None:
 
 @attrs.frozen
 class Guard:
-    """Decides whether a request may change anything.
+    """Who may use the API (docs/api.md#who-may-do-what).
 
-    With a token, it needs ``Authorization: Bearer <token>``. Without one, changes are
-    served only when the API listens on loopback or a unix socket (`local`).
+    `token` is needed by every route but the public ones (`supervisor.api.rules`); it is
+    None only on a unix socket with no token set, which only its user can open (mode
+    0600). `configured` says the user set the token: only then are requests for other
+    ``Host`` names than loopback served.
     """
 
     token: str | None
-    local: bool
+    configured: bool
     address: str
 
     def check(self, request: Request) -> None:
-        """Raises ApiError (401, 403) unless `request` may change things."""
+        """Raises ApiError (401, 403) unless `request` carries the token."""
+        self.check_authorization(request.headers.get("authorization", ""))
+
+    def check_authorization(self, value: str) -> None:
+        """Raises ApiError (401, 403) unless ``Authorization`` `value` holds the token."""
         if self.token is None:
-            if not self.local:
-                raise ApiError(
-                    403,
-                    f"the API listens on {self.address} without a token, so it refuses "
-                    f"changes: set ${TOKEN_ENV} or [supervisor] api_token_file, or listen "
-                    "on 127.0.0.1 or a unix socket",
-                )
             return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        scheme, _, given = value.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise ApiError(
                 401,
@@ -198,9 +218,9 @@ class Guard:
             raise ApiError(403, "wrong token")
 
     def note(self) -> str:
-        """How changes are treated, for the line that says where the API listens."""
-        if self.token is not None:
-            return "changes need the token"
-        if self.local:
-            return "no token: changes served to local clients only"
-        return f"no token: changes refused; set ${TOKEN_ENV} or api_token_file to allow them"
+        """Who may use the API, for the line that says where it listens."""
+        if self.token is None:
+            return "no token: a socket only this user can open"
+        if self.configured:
+            return "requests need the token"
+        return "requests need the token made for this user; loopback names only"

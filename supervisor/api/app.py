@@ -36,6 +36,7 @@ from supervisor.api.metrics import RequestCounts, SupervisorCollector
 from supervisor.api.observe import Observe
 from supervisor.api.openapi import OPENAPI
 from supervisor.api.routing import CountRequests, Endpoint, route
+from supervisor.api.rules import RequestRules
 from supervisor.owner import Supervisor
 from supervisor.slot import Slot
 
@@ -90,23 +91,19 @@ class ControlApi:
         return _agent_answer(self._slot(request.path_params["id"]))
 
     async def load(self, request: Request) -> Response:
-        self.guard.check(request)
         table = await read_json_object(request)
         return _agent_answer(await self._ask(self.sup.load(table)), status_code=201)
 
     async def unload(self, request: Request) -> Response:
-        self.guard.check(request)
         agent_id = request.path_params["id"]
         await self._ask(self.sup.unload(agent_id))
         return JSONResponse({"unloaded": agent_id})
 
     async def control(self, action: str, request: Request) -> Response:
-        self.guard.check(request)
         do = {"start": self.sup.start, "stop": self.sup.stop, "restart": self.sup.restart}
         return _agent_answer(await self._ask(do[action](request.path_params["id"])))
 
     async def reload(self, request: Request) -> Response:
-        self.guard.check(request)
         result = await self._ask(self.sup.reload(wait=False))
         failed = await self.sup.wait_started(result.started + result.restarted)
         return JSONResponse(
@@ -163,15 +160,20 @@ def _agent_answer(slot: Slot, status_code: int = 200) -> JSONResponse:
 
 
 def build_app(sup: Supervisor, guard: Guard, cluster: ClusterMember | None = None) -> ASGIApp:
-    """The ASGI app for `sup`, refusing changes as `guard` says (`cluster`: its
-    membership, if it is a cluster member)."""
+    """The ASGI app for `sup`, serving whom `guard` says under `supervisor.api.rules`
+    (`cluster`: its membership, if it is a cluster member)."""
     requests: RequestCounts = Counter()
     api = ControlApi(sup, guard, requests, cluster)
     routes = api.routes()
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CountRequests, routes=routes, counts=requests)],
+        middleware=[
+            Middleware(CountRequests, routes=routes, counts=requests),
+            Middleware(RequestRules, guard=guard),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    # `/reload/` is a 404, not a 307 to a Location built from the Host header.
+    app.router.redirect_slashes = False
     # Outside Starlette's own error handling, so that a 500 answer drains too.
     return DrainUnreadBody(app)

@@ -20,6 +20,7 @@ from supervisor.api.errors import ApiError
 
 MAX_BODY = 1024 * 1024  # bytes; larger request bodies get 413
 MAX_DEPTH = 32  # nesting levels of a request body
+BODY_TIMEOUT = 30.0  # seconds a whole body may take to arrive; slower gets 408
 
 
 async def read_json_object(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
@@ -30,10 +31,14 @@ async def read_json_object(request: Request, limit: int = MAX_BODY) -> dict[str,
     most `MAX_DEPTH` deep.
 
     Raises:
-      ApiError: 413 too large, 400 not valid JSON, 422 valid JSON that is not such an
-        object.
+      ApiError: 413 too large, 408 not all there within `BODY_TIMEOUT`, 400 not valid
+        JSON, 422 valid JSON that is not such an object.
     """
-    value = _parse(await _read_capped(request, limit))
+    with trio.move_on_after(BODY_TIMEOUT) as timer:
+        data = await _read_capped(request, limit)
+    if timer.cancelled_caught:
+        raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT:g}s")
+    value = _parse(data)
     if not isinstance(value, dict):
         raise ApiError(422, f"request body must be a JSON object, not {_json_type(value)}")
     _check_storable(value)

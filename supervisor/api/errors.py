@@ -90,6 +90,9 @@ def _on_api_error(request: Request, exc: Exception) -> Response:
     return _answer(exc.status, exc.message, exc.extra, headers=exc.headers)
 
 
+error_answer = _on_api_error  # for middleware, which answers outside Starlette's handlers
+
+
 def _on_http_exception(request: Request, exc: Exception) -> Response:
     # Starlette's router raises these: 404 unknown route, 405 wrong method (with Allow).
     assert isinstance(exc, HTTPException)

@@ -1,28 +1,34 @@
-"""Serving the API: hypercorn's trio worker on a socket we bound, stopped gracefully."""
+"""Serving the API: the token, the socket we bound, our server (`supervisor.api.server`)
+with hypercorn's HTTP/1.1, stopped gracefully."""
 
 from __future__ import annotations
 
 import logging
-import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
-from hypercorn.config import Config, Sockets
-from hypercorn.trio.run import worker_serve
+from hypercorn.config import Config
 from hypercorn.utils import wrap_app
-from starlette.types import ASGIApp
 
-from supervisor.api.access import Guard, api_token, bind, bound_address, parse_address
+from supervisor.api.access import (
+    ApiConfigError,
+    Guard,
+    bind,
+    bound_address,
+    configured_token,
+    parse_address,
+)
 from supervisor.api.app import build_app
+from supervisor.api.server import GRACE, Server
+from supervisor.api.tokenfile import TokenFileError, remove_token, write_token
 from supervisor.logs import log
 from supervisor.owner import Supervisor
 
 if TYPE_CHECKING:  # the member's etcd client (httpx) loads only in cluster mode
     from supervisor.cluster.member import ClusterMember
 
-GRACE = 3.0  # seconds requests in flight get to finish when the API stops
-
-# hypercorn's own messages ("Running on ...") repeat ours; keep its warnings and errors.
+# hypercorn's own messages repeat ours; keep its warnings and errors.
 _http_log = logging.getLogger("supervisor.http")
 _http_log.setLevel(logging.WARNING)
 
@@ -39,6 +45,9 @@ async def serve_api(
     With `cluster` (this supervisor's membership), loads and unloads go to the
     cluster's shared overlay, and ``GET /cluster`` is served (`supervisor.api.cluster`).
 
+    With no token set, a TCP API makes one and writes it where only this user can read it
+    (`supervisor.api.tokenfile`), removed again on exit; a unix socket gets mode 0600.
+
     Calls ``task_status.started(bound)`` once listening, with the address actually bound
     in the same syntax (``"127.0.0.1:43125"`` for ``"127.0.0.1:0"``, ``"unix:/run/s.sock"``).
 
@@ -47,23 +56,38 @@ async def serve_api(
     propagate.
 
     Raises:
-      ApiConfigError: before `started`: a bad address, an unreadable token file, or the
+      ApiConfigError: before `started`: a bad address, an unusable token file, or the
         address cannot be bound.
     """
     listen = parse_address(address)
-    guard = Guard(token=api_token(sup.manifest.settings), local=listen.local, address=address)
-    app = build_app(sup, guard, cluster)
-    sock = bind(listen, address)
-    stop = trio.Event()
-    # The server runs shielded so that a cancel reaches it as a graceful stop (`stop`),
-    # not as a cancellation of every request in flight; the shield's deadline bounds it.
-    shield = trio.CancelScope(shield=True)
+    token = configured_token(sup.manifest.settings)
+    configured = token is not None
+    sock = bind(listen, address, private=not configured)
+    made: tuple[Path, str] | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(_serve, app, sock, stop, shield)
+        bound = bound_address(sock)
+        if token is None and listen.path is None:
             try:
-                bound = bound_address(sock)
-                log.info("API on %s (%s)", bound, guard.note())
+                made = write_token(sock.getsockname()[1])
+            except TokenFileError as exc:
+                raise ApiConfigError(str(exc)) from None
+            token = made[1]
+        guard = Guard(token=token, configured=configured, address=bound)
+        config = Config()
+        config.errorlog = _http_log
+        config.accesslog = None
+        app = wrap_app(build_app(sup, guard, cluster), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+        server = Server(app, sock, config)
+        stop = trio.Event()
+        # The server runs shielded so that a cancel reaches it as a graceful stop
+        # (`stop`), not as a cancellation of every request in flight; the shield's
+        # deadline bounds it.
+        shield = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_shielded, server, stop, shield)
+            try:
+                where = f", token in {made[0]}" if made else ""
+                log.info("API on %s (%s%s)", bound, guard.note(), where)
                 task_status.started(bound)
                 await trio.sleep_forever()
             finally:
@@ -73,31 +97,16 @@ async def serve_api(
         sock.close()
         if listen.path is not None:
             listen.path.unlink(missing_ok=True)
+        if made is not None:
+            remove_token(*made)
 
 
-async def _serve(
-    app: ASGIApp,
-    sock: socket.socket,
+async def _shielded(
+    server: Server,
     stop: trio.Event,
     shield: trio.CancelScope,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn's trio worker on `sock`, until `stop` is set or `shield` runs out.
-
-    (`hypercorn.trio.serve` binds its own sockets; binding here first keeps a failed
-    bind a plain error, and the socket ours to close.)
-    """
-    config = Config()
-    config.errorlog = _http_log
-    config.accesslog = None
-    config.graceful_timeout = GRACE
-    sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     with shield:
-        await worker_serve(
-            wrap_app(app, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
-            config,
-            sockets=sockets,
-            shutdown_trigger=stop.wait,
-            task_status=task_status,
-        )
+        await server.serve(stop, task_status=task_status)

@@ -1,8 +1,8 @@
 """The token a supervisor makes for itself, in a file only its user can read.
 
 With no token configured, a supervisor whose API listens on TCP makes a random token at
-start and writes it to ``RUNTIME_DIR/api-PORT.token`` (mode 0600, in a folder of mode
-0700), the way Jupyter does; the CLI, run by the same user, finds it there by itself. So
+start and writes it to ``FOLDER/api-PORT.token`` (mode 0600, in a folder of mode 0700:
+see `runtime_dirs`), the way Jupyter does; the CLI, run by the same user, finds it there by itself. So
 another user of the machine, who cannot read the file, cannot drive the API
 (docs/api.md#who-may-change-things).
 
@@ -23,21 +23,28 @@ class TokenFileError(Exception):
     """The runtime folder or a token file cannot be used safely."""
 
 
-def runtime_dir() -> Path:
-    """``$SUPERVISOR_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/supervisor``, else
-    ``~/.local/state/supervisor``."""
+def runtime_dirs() -> list[Path]:
+    """Where a token may be kept, in the order tried: ``$SUPERVISOR_RUNTIME_DIR`` alone
+    when set; else ``$XDG_RUNTIME_DIR/supervisor``, ``~/.local/state/supervisor`` and
+    ``/tmp/supervisor-UID`` (for a user with no writable home, as in a container)."""
     given = os.environ.get(RUNTIME_ENV, "").strip()
     if given:
-        return Path(given)
+        return [Path(given)]
+    folders = []
     xdg = os.environ.get("XDG_RUNTIME_DIR", "").strip()
     if xdg:
-        return Path(xdg) / "supervisor"
-    return Path.home() / ".local" / "state" / "supervisor"
+        folders.append(Path(xdg) / "supervisor")
+    try:
+        folders.append(Path.home() / ".local" / "state" / "supervisor")
+    except (RuntimeError, KeyError):  # no home at all
+        pass
+    folders.append(Path("/tmp") / f"supervisor-{os.geteuid()}")
+    return folders
 
 
-def token_path(port: int, folder: Path | None = None) -> Path:
-    """Where the supervisor serving TCP port `port` keeps its token."""
-    return (folder or runtime_dir()) / f"api-{port}.token"
+def token_path(port: int, folder: Path) -> Path:
+    """Where the supervisor serving TCP port `port` keeps its token in `folder`."""
+    return folder / f"api-{port}.token"
 
 
 def private(path: Path, *, folder: bool) -> str | None:
@@ -55,28 +62,40 @@ def private(path: Path, *, folder: bool) -> str | None:
 
 
 def write_token(port: int) -> tuple[Path, str]:
-    """Make a token, write it for `port`, and return its path and value.
+    """Make a token, write it for `port` in the first usable runtime folder, and return
+    its path and value.
 
     Raises:
-      TokenFileError: the folder cannot be made, or is not private to this user.
+      TokenFileError: no runtime folder can be made, or none is private to this user.
     """
-    folder = runtime_dir()
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        why = private(folder, folder=True)
-        if why:
-            raise TokenFileError(f"cannot keep the API token there: {why} (want mode 0700)")
-        token = secrets.token_urlsafe(32)
-        path = token_path(port, folder)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    problems = []
+    for folder in runtime_dirs():
         try:
-            os.write(fd, f"{token}\n".encode())
-        finally:
-            os.close(fd)
-        temporary.replace(path)
-    except OSError as exc:
-        raise TokenFileError(f"cannot write the API token in {folder}: {exc}") from None
+            return _write_in(folder, port)
+        except (OSError, TokenFileError) as exc:
+            problems.append(f"{folder}: {exc}")
+    raise TokenFileError(
+        "cannot keep the API token anywhere private: "
+        + "; ".join(problems)
+        + f" (set ${RUNTIME_ENV} to a folder of mode 0700, or set a token)"
+    )
+
+
+def _write_in(folder: Path, port: int) -> tuple[Path, str]:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    why = private(folder, folder=True)
+    if why:
+        raise TokenFileError(why)
+    token = secrets.token_urlsafe(32)
+    path = token_path(port, folder)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, f"{token}\n".encode())
+    finally:
+        os.close(fd)
+    temporary.replace(path)
     return path, token
 
 
@@ -92,11 +111,15 @@ def remove_token(path: Path, token: str) -> None:
 
 def read_token(port: int) -> str | None:
     """The token of this user's supervisor on TCP `port`, or None if there is none to
-    trust (no file, or one another user could have written)."""
-    path = token_path(port)
-    try:
-        if private(path, folder=False) or private(path.parent, folder=True):
-            return None
-        return path.read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+    trust (no file, or one that another user could have written)."""
+    for folder in runtime_dirs():
+        path = token_path(port, folder)
+        try:
+            if private(path, folder=False) or private(folder, folder=True):
+                continue
+            token = path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if token:
+            return token
+    return None

@@ -13,6 +13,9 @@ class Outcome:
     signal: int | None = None  # the signal that killed the process
     error: str | None = None  # exception text, or why the start failed
     start_failed: bool = False  # the agent could not be started at all
+    # The start failed for want of the supervisor's resources (EMFILE, ENFILE), not for
+    # anything the agent did: retried without spending its restart budget.
+    short_of_resources: bool = False
 
 
 @attrs.frozen

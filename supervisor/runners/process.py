@@ -86,12 +86,19 @@ async def run_process(spec: AgentSpec, hooks: Hooks, *, keeper: Keeper | None = 
         try:
             notify = await stack.enter_async_context(_maybe_notify_socket(spec))
         except OSError as exc:
-            return Outcome(start_failed=True, error=_notify_socket_error(exc, spec))
+            return Outcome(
+                start_failed=True,
+                error=_notify_socket_error(exc, spec),
+                short_of_resources=exc.errno in _SHORT_OF_FDS,
+            )
         try:
             env = _environment(spec, notify, keeper)
             child = _Child.spawn(spec, env, watchdog_command(spec, env))
         except (OSError, ValueError) as exc:
-            return Outcome(start_failed=True, error=_start_error(exc, spec))
+            short = isinstance(exc, OSError) and exc.errno in _SHORT_OF_FDS
+            return Outcome(
+                start_failed=True, error=_start_error(exc, spec), short_of_resources=short
+            )
         if keeper is not None:
             keeper.register(child.pid)
         try:
@@ -229,8 +236,11 @@ def _environment(
     return env
 
 
+_SHORT_OF_FDS = (errno.EMFILE, errno.ENFILE)
+
+
 def _notify_socket_error(exc: OSError, spec: AgentSpec) -> str:
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
+    if exc.errno in _SHORT_OF_FDS:
         return _start_error(exc, spec)
     where = f" ({exc.filename})" if exc.filename else ""
     return (
@@ -245,8 +255,11 @@ def _start_error(exc: OSError | ValueError, spec: AgentSpec) -> str:
     program, cwd = spec.command[0], str(spec.cwd)
     if isinstance(exc, ValueError):
         return f"cannot start {program!r}: {exc}"
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return f"cannot start {program!r}: too many open files (raise the limit: ulimit -n)"
+    if exc.errno in _SHORT_OF_FDS:
+        return (
+            f"cannot start {program!r}: the supervisor has too many open files "
+            "(raise its limit: ulimit -n, LimitNOFILE=)"
+        )
     if exc.filename == cwd and program != cwd:
         if isinstance(exc, FileNotFoundError):
             return f"cwd does not exist: {cwd!r}"

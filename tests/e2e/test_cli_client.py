@@ -239,7 +239,8 @@ def test_the_token_comes_from_the_environment(tmp_path: Path, sock: Path, client
         assert "refused: this route needs Authorization: Bearer <token>" in refused.stderr
         wrong = client("stop", "web", "--api", api, env={"SUPERVISOR_TOKEN": "nope"})
         assert (wrong.returncode, "wrong token" in wrong.stderr) == (2, True)
-        assert client("status", "--api", api).returncode == 0  # reading needs no token
+        assert client("status", "--api", api).returncode == 2  # agents' env: secrets
+        assert client("status", "--api", api, env={"SUPERVISOR_TOKEN": "t0ken"}).returncode == 0
         done = client("stop", "web", "--api", api, env={"SUPERVISOR_TOKEN": "t0ken"})
         assert done.returncode == 0
         sup.signal(signal.SIGTERM)

@@ -32,6 +32,7 @@ from supervisor.api.app import build_app
 from supervisor.api.body import MAX_BODY
 from supervisor.api.openapi import OPENAPI
 from supervisor.api.serve import serve_api
+from supervisor.api.tokenfile import read_token
 from supervisor.manifest import AgentSpec
 from supervisor.owner import Supervisor
 from supervisor.runners import Hooks, Outcome, Runner
@@ -39,6 +40,7 @@ from tests.agents import api_agents
 
 AGENTS = "tests.agents.api_agents"
 IDLE = f'[agents.a]\nentry = "{AGENTS}:idle"\n'
+JSON = {"content-type": "application/json"}
 CHUNKED = "Transfer-Encoding: chunked"
 AGENT_KEYS = {
     "id", "kind", "source", "state", "pid", "restarts", "since", "last_exit", "spec",
@@ -99,9 +101,14 @@ async def open_api(
 
 
 def _client(bound: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """A client of the API at `bound`; on TCP it sends the token the API made for this
+    user (as the CLI does), unless `headers` say otherwise."""
     if bound.startswith("unix:"):
         transport = httpx.AsyncHTTPTransport(uds=bound.removeprefix("unix:"))
         return httpx.AsyncClient(base_url="http://api", transport=transport, headers=headers)
+    token = read_token(int(bound.rpartition(":")[2]))
+    if headers is None and token is not None:
+        headers = {"Authorization": f"Bearer {token}"}
     return httpx.AsyncClient(base_url=f"http://{bound}", headers=headers)
 
 
@@ -302,7 +309,7 @@ async def test_load_refusals_change_nothing(
     with trio.fail_after(10):
         async with open_api(tmp_path) as api:
             before = dict(api.sup.slots)
-            r = await api.http.post("/agents", content=content)
+            r = await api.http.post("/agents", content=content, headers=JSON)
             assert r.status_code == status, r.text
             assert message in r.json()["error"]
             if status == 422 and "errors" in r.json():
@@ -333,8 +340,12 @@ async def post_raw(address: str, path: str, header: str, body: list[bytes]) -> b
     host, port = address.rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
     answer = b""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {read_token(int(port))}\r\n{header}\r\n\r\n"
+    )
     async with stream:
-        await stream.send_all(f"POST {path} HTTP/1.1\r\nHost: api\r\n{header}\r\n\r\n".encode())
+        await stream.send_all(head.encode())
         try:
             for piece in body:
                 await stream.send_all(piece)
@@ -358,7 +369,7 @@ async def test_bodies_over_1_mib_are_refused_while_reading(tmp_path: Path) -> No
     too_large = b'{"error":"request body is larger than 1048576 bytes (1024 KiB)"}'
     with trio.fail_after(10):
         async with open_api(tmp_path) as api:
-            at_limit = await api.http.post("/agents", content=padded(MAX_BODY))
+            at_limit = await api.http.post("/agents", content=padded(MAX_BODY), headers=JSON)
             assert at_limit.status_code == 422, at_limit.text  # m:f cannot start
             # A Content-Length over the limit is answered before any of the body is sent.
             answer = await post_raw(api.address, "/agents", f"Content-Length: {MAX_BODY + 1}", [])
@@ -565,7 +576,9 @@ async def test_openapi_document_matches_the_routes(tmp_path: Path) -> None:
     assert doc == json.loads(json.dumps(OPENAPI))
     assert doc["openapi"].startswith("3.")
     documented = {(path, m.upper()) for path, ops in doc["paths"].items() for m in ops}
-    app = build_app(Supervisor(mf.load(api.manifest)), Guard(None, local=True, address=""))
+    app = build_app(
+        Supervisor(mf.load(api.manifest)), Guard(None, configured=False, address="unix:/x")
+    )
     served = {
         (route.path, method)
         for route in app.app.routes  # type: ignore[attr-defined]
@@ -711,6 +724,7 @@ async def test_an_unexpected_exception_answers_500_as_json_and_is_counted(
 
 async def test_with_a_token_changes_need_it(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").chmod(0o640)  # group-readable is allowed, with a warning
     toml = '[supervisor]\napi_token_file = "token"\n' + IDLE
     with trio.fail_after(10):
         async with open_api(tmp_path, toml) as api:
@@ -729,15 +743,17 @@ async def test_with_a_token_changes_need_it(tmp_path: Path) -> None:
                 r = await api.http.post("/agents/a/stop", headers=[(b"authorization", given)])
                 assert r.status_code == status, given
             assert api.slot_state("a") == "running"
-            assert (await api.http.get("/agents")).status_code == 200
+            assert (await api.http.get("/agents")).status_code == 401  # agents' env: secrets
             assert (await api.http.get("/metrics")).status_code == 200
             auth = {"authorization": "bearer s3cret"}
+            assert (await api.http.get("/agents", headers=auth)).status_code == 200
             ok = await api.http.post("/agents/a/stop", headers=auth)
             assert (ok.status_code, ok.json()["state"]) == (200, "stopped")
 
 
 async def test_the_environment_token_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "token").write_text("from-file")
+    (tmp_path / "token").chmod(0o600)
     monkeypatch.setenv("SUPERVISOR_TOKEN", " from-env\n")
     toml = '[supervisor]\napi_token_file = "token"\n' + IDLE
     with trio.fail_after(10):
@@ -750,14 +766,19 @@ async def test_the_environment_token_wins(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "cannot read it"), ("  \n", "the file is empty")],
-    ids=["missing", "empty"],
+    [
+        (None, "cannot read it"),
+        ("  \n", "the file is empty"),
+        ("s3cret", r"others can use it \(mode 0644\): run `chmod 600"),
+    ],
+    ids=["missing", "empty", "world-readable"],
 )
 async def test_a_bad_token_file_stops_the_api_from_starting(
     tmp_path: Path, content: str | None, message: str
 ) -> None:
     if content is not None:
         (tmp_path / "token").write_text(content)
+        (tmp_path / "token").chmod(0o644 if message.startswith("others") else 0o600)
     manifest = tmp_path / "agents.toml"
     manifest.write_text('[supervisor]\napi_token_file = "token"\n')
     sup = Supervisor(mf.load(manifest))
@@ -788,23 +809,6 @@ def test_only_loopback_and_unix_sockets_are_local(address: str, local: bool) -> 
 def test_bad_addresses_are_refused(address: str) -> None:
     with pytest.raises(ApiConfigError, match="API address"):
         parse_address(address)
-
-
-async def test_without_a_token_a_non_loopback_api_refuses_changes(tmp_path: Path) -> None:
-    # Binding 0.0.0.0 in a test would expose it: the Guard is what decides, so serve the
-    # app as `serve_api` builds it for "0.0.0.0:7070", through httpx's ASGI transport.
-    manifest = tmp_path / "agents.toml"
-    manifest.write_text("")
-    sup = Supervisor(mf.load(manifest))
-    listen = parse_address("0.0.0.0:7070")
-    app = build_app(sup, Guard(None, local=listen.local, address="0.0.0.0:7070"))
-    transport = httpx.ASGITransport(app=app)
-    with trio.fail_after(5):
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
-            r = await http.post("/reload")
-            assert r.status_code == 403
-            assert "set $SUPERVISOR_TOKEN or [supervisor] api_token_file" in r.json()["error"]
-            assert (await http.get("/agents")).status_code == 200
 
 
 async def test_unix_socket_serves_changes_without_a_token(tmp_path: Path) -> None:

@@ -369,7 +369,9 @@ async def test_running_out_of_descriptors_is_a_failed_start_that_leaks_nothing(
         Outcome(code=0),
         Outcome(
             start_failed=True,
-            error="cannot start 'true': too many open files (raise the limit: ulimit -n)",
+            error="cannot start 'true': the supervisor has too many open files "
+            "(raise its limit: ulimit -n, LimitNOFILE=)",
+            short_of_resources=True,
         ),
     }
 
