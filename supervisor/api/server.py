@@ -160,6 +160,7 @@ class _Connection(TCPServer):
             await self.protocol.initiate()
             await self.idle_task.restart(self._task_group, self._idle_timeout)
             await self._read_data()
+            await self.idle_task.stop()  # the client is gone: do not hold its slot 5 s more
 
 
 class _Bounded(trio.abc.HalfCloseableStream):
