@@ -34,7 +34,6 @@ from supervisor.runners import Runner
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
 ACTIVE: frozenset[State] = frozenset({"starting", "running", "backoff", "stopping"})
 HISTORY = 10  # exits kept per slot
-RESOURCE_RETRY = 1.0  # seconds before retrying a start that failed for want of descriptors
 
 # Given a spec, wait until everything it is `after` is up; return why it can't start, or None.
 AfterWaiter = Callable[[AgentSpec], Awaitable[str | None]]
@@ -321,10 +320,6 @@ class Slot:
             )
             del self.exits[:-HISTORY]
             self.attempts_ended += 1
-            if outcome.short_of_resources:  # the supervisor's want, not the agent's failure
-                self._set("backoff", f"{outcome.error}; not counted; retry in {RESOURCE_RETRY:g}s")
-                await trio.sleep(RESOURCE_RETRY)
-                continue
             decision = policy.decide(outcome, ran_for=ran_for, now=now)
             if isinstance(decision, Restart):
                 self.restarts += 1

@@ -60,6 +60,8 @@ def describe(outcome: Outcome) -> str:
     return f"exited with code {outcome.code}"
 
 
+RESOURCE_RETRY = 1.0  # seconds before retrying a start that failed for want of descriptors
+
 # One generator for every policy: a `random.Random` holds 2.5 KiB of state, which
 # 10,000 slots should not each pay for.
 _SHARED_RNG = random.Random()
@@ -94,6 +96,8 @@ class RestartPolicy:
         if ran_for >= spec.reset_after:
             self._streak = 0
             self._stamps.clear()
+        if outcome.short_of_resources:  # the supervisor's want, not the agent's failure:
+            return Restart(delay=RESOURCE_RETRY)  # retried, its budget not spent
         ok = succeeded(spec, outcome)
         if spec.restart == "never" or (spec.restart == "on-failure" and ok):
             return Stop(failed=not ok, reason=describe(outcome))

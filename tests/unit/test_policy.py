@@ -139,3 +139,14 @@ def test_long_healthy_run_resets_streak(streak: int, reset_after: float) -> None
         p.decide(CRASH, ran_for=0, now=float(i))
     p.decide(CRASH, ran_for=reset_after, now=float(streak))
     assert p.streak == 1
+
+
+def test_a_start_short_of_descriptors_spends_no_budget() -> None:
+    """EMFILE at a start is the supervisor's want, not the agent's failure."""
+    from supervisor.core.policy import RESOURCE_RETRY
+
+    policy = RestartPolicy(make_spec(restart="always", max_restarts=1), rng=random.Random(0))
+    short = Outcome(start_failed=True, error="too many open files", short_of_resources=True)
+    for i in range(100):
+        assert policy.decide(short, ran_for=0.0, now=float(i)) == Restart(delay=RESOURCE_RETRY)
+    assert isinstance(policy.decide(Outcome(code=1), ran_for=0.0, now=200.0), Restart)
