@@ -295,7 +295,9 @@ async def test_a_subscriber_that_never_reads_does_not_slow_the_owner(tmp_path: P
             host, port = api.address.rsplit(":", 1)
             stuck = socket.create_connection((host, int(port)))
             stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            stuck.sendall(f"GET /events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            auth = api.http.headers.get("authorization", "")
+            head = f"GET /events HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\n\r\n"
+            stuck.sendall(head.encode())
             await wait_for(lambda: api.sup.events.history is not None)
             slot = api.sup.slots["a"]
             # Real changes, then far more events than the history holds, while that
