@@ -22,6 +22,8 @@ from typing import Any
 
 import procfs
 
+from supervisor.api.tokenfile import read_token
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 WORK = BENCH / ".work"
@@ -54,6 +56,9 @@ def request(
     try:
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        token = read_token(port)  # the one our supervisor made for this user (docs/api.md)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         conn.request(method, path, body=payload, headers=headers)
         resp = conn.getresponse()
         data = resp.read()
