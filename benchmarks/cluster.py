@@ -17,7 +17,7 @@ the whole run. Then, in order:
    agents run elsewhere.
 
 and prints the figures as JSON, with the number of sampled instants at which any agent
-ran twice (must be 0).
+ran twice and the number of second copies the agents' own flock refused (both must be 0).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from supervisor.cluster.rendezvous import Placement  # noqa: E402
 from tests.etcd_harness import EtcdServer  # noqa: E402
-from tests.harness import alive  # noqa: E402
+from tests.harness import alive, lines  # noqa: E402
 
 
 class Sampler(threading.Thread):
@@ -110,11 +110,17 @@ class Bench:
         self.etcd = EtcdServer(folder / "etcd")
         self.members: dict[str, subprocess.Popen[bytes]] = {}
         self.manifest = folder / "agents.toml"
-        rec = f'echo "$$ $PPID" >> {folder}/%s.starts; exec sleep 100000'
+        # A witness: the agent holds an flock on its own file while it runs, so a second
+        # copy anywhere is refused by the kernel and says so in ID.doubles.
+        rec = (
+            f'echo "$$ $PPID" >> {folder}/%(id)s.starts; '
+            f"flock -n -E 75 {folder}/%(id)s.lock sleep 100000; "
+            f'[ $? -eq 75 ] && echo "$$" >> {folder}/%(id)s.doubles'
+        )
         doc = {
             "supervisor": {"lease_ttl": ttl, "shutdown_timeout": 20.0, "api": ""},
             "defaults": {"stop_timeout": 5.0},
-            "agents": {i: {"command": ["sh", "-c", rec % i]} for i in self.ids},
+            "agents": {i: {"command": ["sh", "-c", rec % {"id": i}]} for i in self.ids},
         }
         self.manifest.write_text(tomli_w.dumps(doc))
         self.sampler = Sampler(folder, self.ids)
@@ -229,6 +235,9 @@ def run(agents: int, ttl: float, count: int, keep: bool = False) -> dict[str, An
             bench.close()  # members and etcd go, whatever failed
         figures["samples"] = bench.sampler.samples
         figures["instants_running_twice"] = len(bench.sampler.twice)
+        figures["doubles_caught_by_flock"] = sum(
+            len(lines(folder / f"{i}.doubles")) for i in bench.ids
+        )
         if keep:
             print(f"members' logs kept in {folder}", file=sys.stderr)
         else:
@@ -249,7 +258,7 @@ def main() -> None:
         1000 * (time.monotonic() - started) / max(1, figures["samples"]), 1
     )
     print(json.dumps(figures, indent=2))
-    if figures["instants_running_twice"]:
+    if figures["instants_running_twice"] or figures["doubles_caught_by_flock"]:
         sys.exit(1)
 
 
