@@ -166,6 +166,8 @@ class _Writer:
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0  # characters in the queue
+        self._dropped = 0  # agents' lines dropped (written by the loop's thread only)
+        self._reported = 0  # of which the writer has told stdout about
         self._thread = threading.Thread(target=self._run, name="supervisor-log", daemon=True)
         self._thread.start()
 
@@ -183,7 +185,7 @@ class _Writer:
         with self._lock:
             room = QUEUE_CHARS - self._queued
         if room <= 0:
-            dropped[agent_id] += len(lines)
+            self._drop(agent_id, len(lines))
             return
         now = time.time()
         fit = 0
@@ -193,7 +195,7 @@ class _Writer:
                 break
             fit += 1
         if fit < len(lines):
-            dropped[agent_id] += len(lines) - fit
+            self._drop(agent_id, len(lines) - fit)
         if fit == 0:
             return
         if self._json:
@@ -210,7 +212,13 @@ class _Writer:
             # Agents' text is shown, not obeyed: control characters escaped.
             text = prefix + f"\n{prefix}".join(map(escape_text, lines[:fit]))
         if not self.offer(text, own=False):
-            dropped[agent_id] += fit
+            self._drop(agent_id, fit)
+
+    def _drop(self, agent_id: str, count: int) -> None:
+        dropped[agent_id] += count
+        self._dropped += count
+
+    drop = _drop
 
     def close(self) -> None:
         """Write what is queued, then end the thread."""
@@ -230,13 +238,30 @@ class _Writer:
                 break
 
     def _write(self, parts: list[str]) -> None:
+        text = "\n".join(parts) + "\n"
+        with self._lock:
+            self._queued -= len(text)
+            calm = self._queued < QUEUE_CHARS // 2
+        missed = self._dropped - self._reported
+        if missed and calm:  # stdout keeps up again: say what it missed
+            self._reported += missed
+            text += self._missed_line(missed) + "\n"
         try:
-            self._stream.write("\n".join(parts) + "\n")
+            self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):
             pass  # stdout closed or broken: nothing else to tell it to
-        with self._lock:
-            self._queued -= sum(len(p) + 1 for p in parts)
+
+    def _missed_line(self, missed: int) -> str:
+        msg = (
+            f"{missed} lines of agents' output were not written here (stdout was too slow); "
+            "they are counted in /metrics and kept in GET /agents/ID/logs"
+        )
+        now = time.time()
+        if self._json:
+            out = {"ts": round(now, 6), "level": "WARNING", "agent": None, "msg": msg}
+            return json.dumps(out)
+        return f"{_stamp(now)} supervisor | WARNING {msg}"
 
 
 class _WriterHandler(logging.Handler):
@@ -256,7 +281,7 @@ class _WriterHandler(logging.Handler):
         agent = getattr(record, "agent", None)
         if record.name == _output.name and agent is not None:
             if not self._writer.offer(text, own=False):
-                dropped[agent] += 1
+                self._writer.drop(agent, 1)
         elif not self._writer.offer(text, own=True):
             own_dropped += 1
 

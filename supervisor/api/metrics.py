@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from supervisor import logs
+
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
@@ -46,6 +48,7 @@ class SupervisorCollector:
 
         yield from self._agents()
         yield from self._reloads()
+        yield from _output_drops()
         requests = CounterMetricFamily(
             "supervisor_api_requests",
             "HTTP API requests answered, by route template, method and status code",
@@ -145,3 +148,22 @@ class SupervisorCollector:
             )
             last.add_metric([], self.sup.last_reload)
             yield last
+
+
+def _output_drops() -> Iterator[Metric]:
+    """Lines not written to our stdout because it was too slow (docs/operations.md)."""
+    agents = CounterMetricFamily(
+        "supervisor_output_dropped_lines",
+        "agents' output lines not written to stdout because it was too slow (still kept "
+        "in their recent output)",
+        labels=["agent"],
+    )
+    for agent_id, count in sorted(logs.dropped.items()):
+        agents.add_metric([agent_id], count)
+    yield agents
+    own = CounterMetricFamily(
+        "supervisor_log_dropped_records",
+        "the supervisor's own log records not written to stdout because it was too slow",
+    )
+    own.add_metric([], logs.own_dropped)
+    yield own

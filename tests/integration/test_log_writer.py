@@ -1,0 +1,62 @@
+"""The stdout writer: bounded when stdout is stuck, and it says what it dropped.
+
+A real pipe as "stdout": nobody reads it until the end, so the writer thread blocks on
+it at once, as on a terminal that is not read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import trio
+
+from supervisor import logs
+
+
+async def test_a_stuck_stdout_drops_agent_lines_counts_them_and_says_so() -> None:
+    read_fd, write_fd = os.pipe()
+    out = os.fdopen(write_fd, "w")
+    logs.dropped.clear()
+    logs.setup("text", stream=out)
+    try:
+        lines = ["y"] * 10_000
+        for _ in range(500):  # 5,000,000 lines: far more than the queue may hold
+            await logs.relay_lines("yes", "stdout", lines)
+        assert logs.dropped["yes"] > 4_000_000
+        writer = logs._writer
+        assert writer is not None
+        assert writer._queued <= logs.QUEUE_CHARS  # the bound held
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(_read_all(read_fd)))
+        reader.start()
+        logs.log.info("the supervisor's own line")
+    finally:
+        logs.shutdown()
+        out.close()
+    reader.join()
+    text = got[0].decode()
+    assert "yes | y\n" in text
+    assert "lines of agents' output were not written here" in text
+    assert "the supervisor's own line" in text
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+async def test_control_characters_of_agents_are_escaped_in_text_logs() -> None:
+    read_fd, write_fd = os.pipe()
+    out = os.fdopen(write_fd, "w")
+    logs.setup("text", stream=out)
+    try:
+        await logs.relay_lines("a", "stdout", ["\x1b[2Jgone\rforged"])
+    finally:
+        logs.shutdown()
+        out.close()
+    text = _read_all(read_fd).decode()
+    assert "a | \\x1b[2Jgone\\x0dforged\n" in text
