@@ -130,7 +130,38 @@ def build_parser() -> argparse.ArgumentParser:
             "supervisor.cli.control:cmd_control",
         )
         p.add_argument("id", help="the agent's id")
+
+    p = _client_command(
+        sub,
+        "logs",
+        "print an agent's recent output; -f follows it",
+        "exit codes: 0 printed (with -f: the agent was removed, the supervisor stopped, or "
+        f"Ctrl-C); 1 there is no agent ID; {CLIENT_EXITS}",
+        "supervisor.cli.observe:cmd_logs",
+        timeout=10.0,
+    )
+    p.add_argument("id", help="the agent's id")
+    p.add_argument(
+        "-n", "--lines", type=_lines, default=100, help="how many recent lines (default: 100)"
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come")
+
+    p = _client_command(
+        sub,
+        "events",
+        "print the supervisor's events as they happen, until Ctrl-C",
+        f"exit codes: 0 the stream ended (the supervisor stopped) or Ctrl-C; {CLIENT_EXITS}",
+        "supervisor.cli.observe:cmd_events",
+        timeout=10.0,
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
     return parser
+
+
+def _lines(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 up, not {text!r}")
+    return int(text)
 
 
 def _command(sub: Any, name: str, help_text: str, exits: str, run: str) -> argparse.ArgumentParser:
