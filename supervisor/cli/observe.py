@@ -22,13 +22,12 @@ from supervisor.cli.client import (
     sse_events,
 )
 from supervisor.cli.control import connect
-
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+from supervisor.escape import escape_text
 
 
 def shown(text: str) -> str:
-    """`text` with control characters escaped (tabs kept)."""
-    return text.translate(_ESCAPES)
+    """`text` on one line, control characters escaped (docs/operations.md, "Agent text")."""
+    return escape_text(text)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

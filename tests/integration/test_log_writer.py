@@ -57,4 +57,4 @@ async def test_control_characters_of_agents_are_escaped_in_text_logs() -> None:
         logs.shutdown()
         out.close()
     text = _read_all(read_fd).decode()
-    assert "a | \\x1b[2Jgone\\x0dforged\n" in text
+    assert "a | \\x1b[2Jgone\\rforged\n" in text
