@@ -152,6 +152,8 @@ class SupervisorCollector:
 
 def _output_drops() -> Iterator[Metric]:
     """Lines not written to our stdout because it was too slow (docs/operations.md)."""
+    from prometheus_client.core import CounterMetricFamily
+
     agents = CounterMetricFamily(
         "supervisor_output_dropped_lines",
         "agents' output lines not written to stdout because it was too slow (still kept "
