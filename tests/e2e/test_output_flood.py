@@ -42,7 +42,7 @@ def free_port() -> int:
 def get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": "Bearer flood-token"})
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -57,7 +57,7 @@ def test_ten_yes_agents_and_a_line_without_end_keep_memory_bounded(tmp_path: Pat
     manifest.write_text(agents)
     port = free_port()
     cmd = [sys.executable, "-m", "supervisor", "run", str(manifest), "--api", f"127.0.0.1:{port}"]
-    env = {k: v for k, v in os.environ.items() if k != "SUPERVISOR_TOKEN"}
+    env = {**os.environ, "SUPERVISOR_TOKEN": "flood-token"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 20

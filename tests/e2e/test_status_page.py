@@ -37,6 +37,8 @@ pytestmark = [
     ),
 ]
 
+TOKEN = "page-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MANIFEST = """
 [agents.web]
 command = ["sh", "-c", "echo serving on 8000; exec sleep 100000"]
@@ -57,7 +59,7 @@ def free_port() -> int:
 def post(port: int, path: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json", **AUTH})
         return conn.getresponse().status
     finally:
         conn.close()
@@ -66,7 +68,7 @@ def post(port: int, path: str) -> int:
 def state(port: int, agent_id: str) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("GET", f"/agents/{agent_id}")
+        conn.request("GET", f"/agents/{agent_id}", headers=AUTH)
         return str(json.loads(conn.getresponse().read())["state"])
     finally:
         conn.close()
@@ -78,7 +80,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     manifest = tmp_path / "agents.toml"
     manifest.write_text(MANIFEST)
     port = free_port()
-    with SupervisorProcess(manifest, "--api", f"127.0.0.1:{port}") as sup:
+    env = {"SUPERVISOR_TOKEN": TOKEN}
+    with SupervisorProcess(manifest, "--api", f"127.0.0.1:{port}", env=env) as sup:
         wait_until(lambda: "API on" in sup.output(), 20, "the API")
         wait_until(lambda: state(port, "broken") == "failed", 20, "broken failed")
         yield port
@@ -93,6 +96,8 @@ def test_the_page_shows_agents_follows_changes_and_stops_one(served: int) -> Non
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#token", TOKEN)
+            page.click("#login button")
             row = page.locator('tr[data-id="worker"]')
             expect = playwright_sync.expect
             expect(row.locator(".state")).to_have_text("running", timeout=20_000)
@@ -113,6 +118,8 @@ def test_the_page_shows_agents_follows_changes_and_stops_one(served: int) -> Non
             page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
             phone = browser.new_page(viewport={"width": 390, "height": 700})
             phone.goto(f"http://127.0.0.1:{port}/")
+            phone.fill("#token", TOKEN)
+            phone.click("#login button")
             expect(phone.locator('tr[data-id="web"] .state')).to_have_text(
                 "running", timeout=20_000
             )
