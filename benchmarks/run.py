@@ -1,6 +1,7 @@
 """Benchmarks of `supervisor` side by side with supervisord and pm2 (issue 6).
 
-Usage: ``just bench`` (full, several minutes) or ``just bench --quick`` (smoke run, < 1 min).
+Usage: ``just bench`` (full, several minutes) or ``just bench --quick`` (smoke run, < 1 min);
+``just bench --health`` compares the cost of health checks before and after (health.py).
 See docs/performance.md for what each figure means. Only the standard library is used here;
 supervisord is installed into benchmarks/.venv-supervisord, pm2 into benchmarks/.work/pm2.
 
@@ -549,6 +550,11 @@ def rerender(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--health" in argv:  # what health costs, before and after (benchmarks/health.py)
+        import health
+
+        return health.main([arg for arg in argv if arg != "--health"])
     args = parse_args(argv)
     if args.render:
         return rerender(args)

@@ -133,10 +133,13 @@ async def _watch(spec: AgentSpec, slot: Monitored, record: HealthRecord) -> None
         await _until_ready(spec.ready, spec, slot, record)
     while slot.state != "running":
         await slot.changed.wait()
-    async with trio.open_nursery() as nursery:
-        if spec.liveness is not None:
+    if spec.liveness is None and spec.watchdog > 0:  # the common case: no task more
+        await _watchdog(spec.watchdog, slot, record)
+    elif spec.liveness is not None and spec.watchdog <= 0:
+        await _liveness(spec.liveness, spec, slot, record)
+    elif spec.liveness is not None:
+        async with trio.open_nursery() as nursery:
             nursery.start_soon(_liveness, spec.liveness, spec, slot, record)
-        if spec.watchdog > 0:
             nursery.start_soon(_watchdog, spec.watchdog, slot, record)
 
 
