@@ -253,3 +253,13 @@ async def test_watchdog_trigger_fails_the_run_at_once() -> None:
     )
     await run_until(slot, lambda: slot.restarts >= 1, limit=20)
     assert errors(slot)[0] == "watchdog: the agent sent WATCHDOG=trigger"
+
+
+async def test_agents_without_health_keep_nothing_for_it() -> None:
+    plain = inprocess("beats_forever")
+    assert plain.health is None
+    assert "health" not in vars(plain)
+    assert "blocked" not in vars(plain)  # class defaults until the loop-lag instrument writes
+    plain.heartbeat()  # ctx.heartbeat() without a watchdog: nothing happens
+    await run_until(plain, lambda: plain.state == "running")
+    assert vars(plain).get("_failure") is None
