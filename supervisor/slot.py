@@ -154,6 +154,8 @@ class Slot:
         self._done = trio.Event()
         self.refused = None
         self._set("starting", "")
+        if self.health is not None:
+            self._nursery = nursery  # where its health watcher runs (see run_monitored)
         nursery.start_soon(self._run, name=SLOT_TASK_PREFIX + self.spec.id)
 
     def stop(self) -> None:
@@ -345,7 +347,9 @@ class Slot:
                 if self.health is None:
                     outcome = await self._runner(self.spec, self)
                 else:
-                    outcome = await run_monitored(self._runner, self.spec, self, self.health)
+                    outcome = await run_monitored(
+                        self._runner, self.spec, self, self.health, self._nursery
+                    )
             finally:
                 self._timer = None
                 self._stop_callback = None

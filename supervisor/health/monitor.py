@@ -98,34 +98,41 @@ class HealthRecord:
 
 
 async def run_monitored(
-    runner: Runner, spec: AgentSpec, slot: Monitored, record: HealthRecord
+    runner: Runner,
+    spec: AgentSpec,
+    slot: Monitored,
+    record: HealthRecord,
+    nursery: trio.Nursery,
 ) -> Outcome:
     """Run the agent once through `runner`, its monitors beside it; return its outcome.
 
+    The watcher task runs in `nursery` (the one the slot's own task runs in), not in a
+    nursery of the slot's: a nursery per run would wrap the stop's Cancelled in an
+    exception group and double what stopping 10,000 watchdog agents costs. It is
+    cancelled as soon as the runner is done, and waited for before this returns, so
+    nothing of the run is left once it has ended.
+
     Raises:
       trio.Cancelled: the stop (or the run ended by a monitor, which cancels the slot's
-        attempt). The watcher is shielded and stopped here once the runner is done, so
-        the runner's own stop is never cut short, and it never raises into the nursery.
+        attempt). The watcher is shielded, so the runner's own stop is never cut short.
     """
     watcher = trio.CancelScope(shield=True)
+    finished = trio.Event()
 
     async def watch() -> None:
-        with watcher:
-            await _watch(spec, slot, record)
+        try:
+            with watcher:
+                await _watch(spec, slot, record)
+        finally:
+            finished.set()
 
+    nursery.start_soon(watch)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            try:
-                return await runner(spec, slot)
-            finally:
-                watcher.cancel()
-    except BaseExceptionGroup as group:
-        # The runner's own exception (the stop's Cancelled), alone, as it came: the
-        # watcher never raises, so the group holds nothing else.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        return await runner(spec, slot)
+    finally:
+        watcher.cancel()
+        with trio.CancelScope(shield=True):
+            await finished.wait()
 
 
 async def _watch(spec: AgentSpec, slot: Monitored, record: HealthRecord) -> None:
