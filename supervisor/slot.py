@@ -218,12 +218,9 @@ class Slot:
 
     def ready(self) -> None:
         if not isinstance(self.spec.ready, ReadyProbe):  # else its probe says when
-            self._ready()
+            self.probe_ready()
 
-    def probe_ready(self) -> None:
-        self._ready()
-
-    def _ready(self) -> None:
+    def probe_ready(self) -> None:  # by the agent (ready), or by its ready probe
         if self._timer is not None and not self._is_ready:
             self._is_ready = True
             self.readied += 1
@@ -248,9 +245,8 @@ class Slot:
     def fail(self, reason: str) -> None:
         """End the run under way as failed with `reason`: stopped like a stop, then the
         restart policy decides. Ignored outside a run, or once a stop was requested."""
-        if self._timer is None or (self._scope is not None and self._scope.cancel_called):
-            return
-        if self._failure is not None:
+        stopping = self._scope is not None and self._scope.cancel_called
+        if self._timer is None or stopping or self._failure is not None:
             return
         self._failure = reason
         log.warning("%s: %s; stopping it", self.spec.id, reason, extra={"about": self.spec.id})
@@ -344,11 +340,11 @@ class Slot:
         with trio.CancelScope(deadline=trio.current_time() + self.spec.start_timeout) as timer:
             self._timer = timer
             try:
-                if self.health is None:
+                if (health := self.health) is None:
                     outcome = await self._runner(self.spec, self)
                 else:
                     outcome = await run_monitored(
-                        self._runner, self.spec, self, self.health, self._nursery
+                        self._runner, self.spec, self, health, self._nursery
                     )
             finally:
                 self._timer = None
