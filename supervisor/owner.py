@@ -395,5 +395,5 @@ class Supervisor(ControlRequests):
                 await slot.wait_stopped()
 
     def kill_all(self) -> None:
-        """SIGKILL every agent's process group now (a second SIGTERM, or a timeout)."""
+        """SIGKILL every agent's processes now (a second SIGTERM, or a timeout)."""
         slot_table.kill_all(self.slots.values())

@@ -21,6 +21,7 @@ from supervisor.cluster import Joining, joining
 from supervisor.keeper import Keeper
 from supervisor.logs import log
 from supervisor.owner import Supervisor
+from supervisor.runners.containment import LEADERS, Containment, kill_strays
 from supervisor.runners.dispatch import make_runner
 from supervisor.signals import handle_signals, is_pid1
 
@@ -87,17 +88,19 @@ async def _main(m: mf.Manifest, address: str, watch: str | None, join: Joining |
     """Run everything; `watch` is the ``--watch`` baseline (None: no ``--watch``)."""
     # As PID 1 the kernel kills the whole PID namespace when we die: no keeper needed.
     keeper = None if is_pid1() else _start_keeper()
+    containment = Containment.setup()
+    log.info("containment: %s", containment.describe())
     cluster = None if join is None else _member(join)
     placement = None if cluster is None else _placement(cluster)
-    sup = Supervisor(m, make_runner(keeper), placement)
+    sup = Supervisor(m, make_runner(keeper, containment), placement)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                handle_signals,
+                partial(handle_signals, reap=True),  # a subreaper's orphans, or PID 1's
                 sup.request_reload,
                 sup.request_shutdown,
                 sup.kill_all,
-                lambda: {s.pid for s in sup.slots.values() if s.pid is not None},
+                lambda: LEADERS,  # every agent leader until its runner reaped it
             )
             if address:
                 await nursery.start(serve_api, sup, address, cluster)
@@ -119,6 +122,10 @@ async def _main(m: mf.Manifest, address: str, watch: str | None, join: Joining |
             code = await sup.run()
             nursery.cancel_scope.cancel()
     finally:
+        # Orphans no agent's run could claim (they left its group and cleared their
+        # environment): nothing of ours outlives us.
+        kill_strays(set() if keeper is None else {keeper.pid})
+        containment.close()
         if keeper is not None:
             keeper.close()
     if sup.exit_message:

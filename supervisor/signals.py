@@ -4,7 +4,8 @@ One task owns the signal receiver (`handle_signals`). SIGHUP reloads; the first 
 or SIGINT stops everything gracefully; the next one SIGKILLs every agent's process group.
 
 As PID 1 (a container's entrypoint) the supervisor also inherits every orphan of the
-container and must reap them, or they stay zombies forever. It must not reap its own
+container, and as a child subreaper (docs/operations.md, "Containment") every orphan of
+its agents; it must reap them, or they stay zombies forever. It must not reap its own
 agents, though: trio waits for a child by polling its pidfd and then calls
 ``Popen.wait()``; if a blind ``waitpid(-1)`` took that status first, Python would report
 exit code 0. So on SIGCHLD we list our zombie children in /proc and reap only those that
@@ -39,6 +40,7 @@ async def handle_signals(
     kill_all: Callable[[], None],
     agent_pids: Callable[[], Container[int]],
     *,
+    reap: bool | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Own the process's signals until cancelled.
@@ -48,9 +50,10 @@ async def handle_signals(
       shutdown: called on the first SIGTERM / SIGINT.
       kill_all: called on every later SIGTERM / SIGINT.
       agent_pids: the pids of live agents (PID 1 reaping leaves those alone).
+      reap: reap orphans on SIGCHLD (default: as PID 1); a child subreaper must too.
     """
     wanted = [signal.SIGHUP, signal.SIGTERM, signal.SIGINT]
-    pid1 = is_pid1()
+    pid1 = is_pid1() if reap is None else reap
     if pid1:
         wanted.append(signal.SIGCHLD)
     stops = 0

@@ -16,9 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
 
-import attrs
 import trio
 
 from supervisor.core.outcome import ExitRecord, Outcome
@@ -30,9 +28,8 @@ from supervisor.logs import log
 from supervisor.manifest import AgentSpec, ReadyProbe, Source
 from supervisor.output import LineListener, RecentOutput
 from supervisor.runners import Runner
+from supervisor.slotstate import ACTIVE, AgentSays, SlotStatistics, State
 
-State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
-ACTIVE: frozenset[State] = frozenset({"starting", "running", "backoff", "stopping"})
 HISTORY = 10  # exits kept per slot
 
 # Given a spec, wait until everything it is `after` is up; return why it can't start, or None.
@@ -41,27 +38,7 @@ AfterWaiter = Callable[[AgentSpec], Awaitable[str | None]]
 MayStart = Callable[[str], str | None]
 
 
-@attrs.frozen
-class SlotStatistics:
-    """A snapshot of a slot, for the API, the CLI and metrics. Times are trio time."""
-
-    id: str
-    kind: str
-    source: Source
-    state: State
-    pid: int | None
-    restarts: int
-    since: float
-    started_at: float | None  # when it last became running
-    last_exit: ExitRecord | None
-    status: str
-    reason: str
-    spec: AgentSpec
-    health: HealthRecord | None = None  # with a probe or a watchdog
-    blocked: float = 0.0  # seconds an in-process agent held the event loop
-
-
-class Slot:
+class Slot(AgentSays):
     """One agent's slot. Only the supervisor's owner task calls `launch` and `stop`.
 
     Args:
@@ -221,11 +198,16 @@ class Slot:
             self.probe_ready()
 
     def probe_ready(self) -> None:  # by the agent (ready), or by its ready probe
-        if self._timer is not None and not self._is_ready:
+        if self._timer is None or self.state == "stopping":
+            return
+        if not self._is_ready:
             self._is_ready = True
             self.readied += 1
             self._timer.deadline = math.inf  # ready: the start timer is off
             self.started_at = trio.current_time()
+            self._set("running", "")
+        elif self._reloading:
+            self._reloading = False
             self._set("running", "")
 
     def status(self, text: str) -> None:
@@ -290,7 +272,10 @@ class Slot:
             self.pid = None
             done, self._done = self._done, None
             if self.state in ACTIVE:
-                self._set("stopped", "stopped on request")
+                killed = bool(self.exits) and self.exits[-1].killed
+                self._set(
+                    "stopped", "SIGKILL after stop_timeout" if killed else "stopped on request"
+                )
             assert done is not None
             done.set()
             self._notify()
@@ -311,13 +296,15 @@ class Slot:
                 self._set("stopped", f"not started: {why}")
                 return
             self._set("starting", "")
-            outcome, ran_for = await self._attempt()
+            if self._stop_outcome is not None:
+                self._stop_outcome = None
+            try:
+                outcome, ran_for = await self._attempt()
+            except trio.Cancelled:  # a stop: keep how the run ended too
+                self._record(self._stop_outcome or Outcome(), stopped=True)
+                raise
             now = trio.current_time()
-            self.exits.append(
-                ExitRecord(at=now, code=outcome.code, signal=outcome.signal, error=outcome.error)
-            )
-            del self.exits[:-HISTORY]
-            self.attempts_ended += 1
+            self._record(outcome)
             decision = policy.decide(outcome, ran_for=ran_for, now=now)
             if isinstance(decision, Restart):
                 self.restarts += 1
@@ -327,6 +314,12 @@ class Slot:
                 self._set("failed" if decision.failed else "exited", decision.reason)
                 return
 
+    def _record(self, outcome: Outcome, *, stopped: bool = False) -> None:
+        self.exits.append(ExitRecord.of(outcome, trio.current_time(), stopped=stopped))
+        del self.exits[:-HISTORY]
+        if not stopped:
+            self.attempts_ended += 1
+
     async def _attempt(self) -> tuple[Outcome, float]:
         """Run the agent once; return how it ended and how long it ran ready.
 
@@ -335,6 +328,8 @@ class Slot:
         like any stop (bounded by stop_timeout) and the start counts as failed.
         """
         self._is_ready = False
+        if self._reloading:
+            self._reloading = False
         self.started_at = None
         outcome: Outcome | None = None
         with trio.CancelScope(deadline=trio.current_time() + self.spec.start_timeout) as timer:
@@ -351,12 +346,14 @@ class Slot:
                 self._stop_callback = None
         self.pid = None
         ran_for = 0.0 if self.started_at is None else trio.current_time() - self.started_at
+        killed = self._stop_outcome is not None and self._stop_outcome.killed
         if self._failure is not None:  # `fail` ended it: a monitor, or WATCHDOG=trigger
             failure, self._failure = self._failure, None
-            return Outcome(error=failure), ran_for
+            return Outcome(error=failure, killed=killed), ran_for
         if timer.cancelled_caught or outcome is None:
             timeout = self.spec.start_timeout
-            return Outcome(error=f"start timeout: not ready within {timeout:g}s"), ran_for
+            why = f"start timeout: not ready within {timeout:g}s"
+            return Outcome(error=why, killed=killed), ran_for
         return outcome, ran_for
 
     # -- state ------------------------------------------------------------------------

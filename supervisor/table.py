@@ -20,6 +20,7 @@ import trio
 from supervisor.core.plan import stop_waves
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec
+from supervisor.runners.containment import kill_every_run
 from supervisor.slot import Slot
 
 
@@ -73,7 +74,9 @@ async def wait_after(
 
 
 def kill_all(slots: Iterable[Slot]) -> None:
-    """SIGKILL every agent's process group now (a second SIGTERM, or a timeout)."""
+    """SIGKILL every agent's processes now (a second SIGTERM, or a timeout): their groups,
+    and every process that left its group (`supervisor.runners.containment`)."""
+    kill_every_run()
     for slot in slots:
         if slot.pid is not None:
             try:

@@ -80,6 +80,10 @@ def _exit_json(rec: ExitRecord | None, offset: float) -> dict[str, Any] | None:
         out["signal"] = _signal_name(rec.signal)
     if rec.error is not None:
         out["error"] = rec.error
+    if rec.stopped:
+        out["stopped"] = True
+    if rec.killed:
+        out["killed"] = True
     return out
 
 

@@ -229,6 +229,11 @@ OPENAPI: dict[str, Any] = {
                     "code": {"type": "integer"},
                     "signal": {"type": "string"},
                     "error": {"type": "string"},
+                    "stopped": {"type": "boolean", "description": "the run ended by a stop"},
+                    "killed": {
+                        "type": "boolean",
+                        "description": "it needed SIGKILL: stop_timeout passed first",
+                    },
                 },
             },
             "Agent": _AGENT_SCHEMA,

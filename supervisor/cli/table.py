@@ -59,8 +59,12 @@ def _last_exit(last: dict[str, Any] | None, now: float) -> str:
         how = last["error"] if len(last["error"]) <= 40 else last["error"][:39] + "…"
     elif "signal" in last:
         how = str(last["signal"])
+    elif "code" in last:
+        how = f"code {last['code']}"
     else:
-        how = f"code {last.get('code')}"
+        how = "stopped"
+    if last.get("killed"):
+        how += " (SIGKILL)"
     return f"{how}, {format_duration(now - last['at'])} ago"
 
 

@@ -16,6 +16,7 @@ class Outcome:
     # The start failed for want of the supervisor's resources (EMFILE, ENFILE), not for
     # anything the agent did: retried without spending its restart budget.
     short_of_resources: bool = False
+    killed: bool = False  # a stop needed SIGKILL: stop_timeout passed first
 
 
 @attrs.frozen
@@ -26,6 +27,12 @@ class ExitRecord:
     code: int | None = None
     signal: int | None = None
     error: str | None = None
+    stopped: bool = False  # the run ended by a stop (request, reload, shutdown, fence)
+    killed: bool = False  # ... and needed SIGKILL after stop_timeout
+
+    @classmethod
+    def of(cls, outcome: Outcome, at: float, *, stopped: bool = False) -> ExitRecord:
+        return cls(at, outcome.code, outcome.signal, outcome.error, stopped, outcome.killed)
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ import rtoml
 from attrs import AttrsInstance
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from supervisor.manifest.accounts import account_problems
 from supervisor.manifest.convert import Invalid, converter, did_you_mean, keys_given, show
 from supervisor.manifest.model import (
     ENTRY_PATTERN,
@@ -278,6 +279,7 @@ def _value_problems(values: dict[str, Any], where: Where) -> list[tuple[str, str
         probe = values.get(key)
         if isinstance(probe, Probe):
             found += _probe_problems(probe, functools.partial(_child, where, key))
+    found += account_problems(values, where)
     return found
 
 

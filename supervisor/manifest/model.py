@@ -165,6 +165,8 @@ class AgentSpec:
     log_lines: int = 1000
     liveness: Probe | None = None
     watchdog: float = 0.0
+    user: str = ""
+    group: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -391,6 +393,17 @@ class AgentKeys:
             " ctx.heartbeat() at least this often, or its run fails; 0 is off",
             minimum=0,
         ),
+    )
+    user: str | None = attrs.field(
+        default=None,
+        metadata=_doc(
+            "process agents: run as this user (name or uid), with its groups and its HOME,"
+            ' USER and LOGNAME; needs a supervisor running as root; "" is the supervisor\'s'
+        ),
+    )
+    group: str | None = attrs.field(
+        default=None,
+        metadata=_doc('process agents: run with this group (name or gid); "" is the user\'s'),
     )
 
 

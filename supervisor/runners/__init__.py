@@ -10,12 +10,17 @@ The contract every runner keeps (the slot relies on it):
   and ``hooks.ready()`` when it is ready: at once for ``ready = "immediate"``, else when
   the agent says so (``ctx.ready()`` or ``READY=1`` on ``$NOTIFY_SOCKET``).
 - It hands what the agent prints or logs to ``hooks.output(stream, lines)``, in batches.
+- It passes on what the agent says about itself (sd_notify, see docs/agents.md):
+  ``status(text)``, ``stopping()``, ``reloading()``, ``extend_timeout(seconds)``,
+  ``heartbeat()``, and ``fail(reason)`` when the agent asks to be failed (or a health
+  check decides so: the slot then ends the run as failed, stopping the agent).
 - Before a requested stop cancels it, the slot calls the callback the runner registered
   with ``hooks.on_stop(callback)`` (an in-process agent's ``ctx.stopping`` is set so).
 - Cancelling it stops the agent: for a process, `stop_signal` to its group, up to
   `stop_timeout`, then SIGKILL to the group and reap; in-process, the agent is cancelled
-  and its cleanup gets up to `stop_timeout`. That cleanup is shielded and bounded, and
-  then `trio.Cancelled` propagates. After it returns or raises, nothing of it is left.
+  and its cleanup gets up to `stop_timeout`. That cleanup is shielded and bounded; a
+  process runner then reports how the process ended with ``hooks.stopped(outcome)``
+  (``killed=True`` if it needed SIGKILL), and `trio.Cancelled` propagates. After it returns or raises, nothing of it is left.
 """
 
 from __future__ import annotations
@@ -37,6 +42,20 @@ class Hooks(Protocol):
     def ready(self) -> None: ...
 
     def status(self, text: str) -> None: ...
+
+    def stopping(self) -> None:
+        """The agent is shutting down by itself (``STOPPING=1``): ``stopping``, not ready."""
+
+    def reloading(self) -> None:
+        """The agent is reloading (``RELOADING=1``): not ready until its next `ready()`."""
+
+    def extend_timeout(self, seconds: float) -> None:
+        """The start under way may take `seconds` more from now (``EXTEND_TIMEOUT_USEC=``).
+
+        (A stop under way is the runner's own to extend.)"""
+
+    def stopped(self, outcome: Outcome) -> None:
+        """A stop ended the run, this way (its code or signal; ``killed``)."""
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call `callback` (sync) when a stop is requested, just before the cancellation."""

@@ -10,16 +10,18 @@ from supervisor.core.outcome import Outcome
 from supervisor.keeper import Keeper
 from supervisor.manifest import AgentSpec
 from supervisor.runners import Hooks, Runner
+from supervisor.runners.containment import Containment
 from supervisor.runners.inprocess import run_inprocess
 from supervisor.runners.process import run_process
 
 
-def make_runner(keeper: Keeper | None = None) -> Runner:
-    """The runner that dispatches on an agent's kind; process groups go to `keeper`."""
+def make_runner(keeper: Keeper | None = None, containment: Containment | None = None) -> Runner:
+    """The runner that dispatches on an agent's kind; process groups go to `keeper`,
+    and processes are contained as `containment` says (by ancestry if None)."""
 
     async def run_agent(spec: AgentSpec, hooks: Hooks) -> Outcome:
         if spec.kind == "process":
-            return await run_process(spec, hooks, keeper=keeper)
+            return await run_process(spec, hooks, keeper=keeper, containment=containment)
         return await run_inprocess(spec, hooks)
 
     return run_agent

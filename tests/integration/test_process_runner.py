@@ -44,6 +44,8 @@ class Recorder:
         self.pids: list[int | None] = []
         self.ready_calls = 0
         self.statuses: list[str] = []
+        self.said: list[str] = []  # the other notifications, in order
+        self.stop_outcomes: list[Outcome] = []
         self.is_launched = trio.Event()
         self.is_ready = trio.Event()
 
@@ -60,6 +62,24 @@ class Recorder:
 
     def output(self, stream: str, lines: Sequence[str]) -> None:
         self.output_lines.extend((stream, line) for line in lines)
+
+    def stopping(self) -> None:
+        self.said.append("stopping")
+
+    def reloading(self) -> None:
+        self.said.append("reloading")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self.said.append(f"extend {seconds:g}")
+
+    def heartbeat(self) -> None:
+        self.said.append("heartbeat")
+
+    def fail(self, reason: str) -> None:
+        self.said.append(f"fail: {reason}")
+
+    def stopped(self, outcome: Outcome) -> None:
+        self.stop_outcomes.append(outcome)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         pass  # a process learns of its stop from its stop signal

@@ -157,7 +157,8 @@ async def test_restart_after_stop_keeps_history(autojump_clock: trio.testing.Moc
         assert await slot.wait_started() is None
         slot.stop()
     assert slot.restarts == 1
-    assert len(slot.exits) == 1
+    # The exit, then the two runs ended by a stop: recorded too, as stopped.
+    assert [(e.code, e.stopped) for e in slot.exits] == [(1, False), (None, True), (None, True)]
     assert len(script.starts) == 3
 
 

@@ -932,6 +932,8 @@ def test_spec_to_table_keys() -> None:
         "enabled": True,
         "log_lines": 1000,
         "watchdog": 0.0,
+        "user": "",
+        "group": "",
     }
 
 
@@ -1219,3 +1221,15 @@ def test_a_reload_reuses_the_specs_of_unchanged_agents(tmp_path: Path) -> None:
     third = load(m)
     assert third.agents["a"] is not second.agents["a"]
     assert third.agents["a"].stop_timeout == 3.0
+
+
+def test_an_unknown_user_or_group_is_a_located_error(here: Path) -> None:
+    found = errors(
+        here, '[agents.a]\ncommand = "true"\nuser = "no-such-user-x"\ngroup = "no-such-group-x"\n'
+    )
+    assert found == [
+        'agents.toml: agents.a.user: unknown user "no-such-user-x" on this machine',
+        'agents.toml: agents.a.group: unknown group "no-such-group-x" on this machine',
+    ]
+    spec = loads(here, '[agents.a]\ncommand = "true"\nuser = "nobody"\ngroup = "0"\n')["a"]
+    assert (spec.user, spec.group) == ("nobody", "0")

@@ -1,0 +1,377 @@
+"""Containment: every process an agent started ends with it (docs/operations.md).
+
+A process group is not a process tree: a child that calls ``setsid()`` or double-forks
+leaves its agent's group, and ``killpg`` never reaches it again. So:
+
+- The supervisor is a child subreaper (`become_subreaper`): orphans of its agents are
+  re-parented to it rather than to init, and stay within reach.
+- Each run of a process agent is an `AgentProcesses`: its leader, a mark in its
+  environment (``SUPERVISOR_AGENT_RUN=…``, unique per run) and, where the supervisor may
+  create cgroups (cgroup v2, writable: a root supervisor, a systemd unit with
+  ``Delegate=yes``, a privileged container), a cgroup of its own.
+- Its processes are then: the members of its cgroup; the leader's descendants, by
+  ancestry (``/proc/PID/task/*/children``); and the supervisor's re-parented children
+  that are in the leader's process group or carry the run's mark, with their own
+  descendants. A stop signals all of them, waits for all of them, and SIGKILLs what is
+  left (``cgroup.kill`` too), so a stop, a restart, a reload and a graceful shutdown
+  leave nothing behind.
+
+Every process is signalled through a pidfd opened while it was checked to be the
+agent's, so a pid reused meanwhile is never hit. Zombies re-parented to the supervisor
+are reaped by pidfd too, and the PID 1 / subreaper reaper of `supervisor.signals` skips
+`LEADERS`: an agent leader's exit status is only ever taken by its own runner.
+
+What each mode can miss: by ancestry, a process that left its group *and* cleared its
+environment after its parent died (it is still killed when the supervisor stops); by
+cgroup, nothing a process can do by itself, short of a process forked in the few
+microseconds between the spawn and the move into the cgroup whose parent died in that
+time too (the ancestry rules still cover it, unless it also cleared its environment).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import trio
+
+from supervisor.logs import log
+from supervisor.runners import procfs
+
+RUN_VARIABLE = "SUPERVISOR_AGENT_RUN"
+MODE_VARIABLE = "SUPERVISOR_CONTAINMENT"  # "auto" (default), "cgroup" or "ancestry"
+PR_SET_CHILD_SUBREAPER = 36
+Mode = Literal["cgroup", "ancestry"]
+
+# The pids of every live agent leader of this process, from spawn until reaped by its
+# runner: what no other reaper may take. Kept by `AgentProcesses`.
+LEADERS: set[int] = set()
+_RUNS: set[AgentProcesses] = set()  # live runs, for `kill_every_run`
+_KILL_ROUNDS = 64  # SIGKILL sweeps before giving up on a tree that keeps forking
+_KEPT_MAX = 1024  # pidfds a stop keeps per run (beyond, later sweeps find the rest)
+_runs = itertools.count()
+_token = secrets.token_hex(6)
+
+
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (Linux ``prctl``); False if it cannot be."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class Containment:
+    """How this supervisor contains its agents' processes: by cgroup, or by ancestry.
+
+    Made once at start (`setup`); `open_run` gives each spawn its `AgentProcesses`.
+    `Containment()` is ancestry only, and needs nothing.
+    """
+
+    def __init__(self, cgroups: Path | None = None, why: str = "") -> None:
+        self.cgroups = cgroups  # the parent of the agents' cgroups, ours alone
+        self.why = why  # why there are no cgroups, for the start's log line
+
+    @property
+    def mode(self) -> Mode:
+        return "ancestry" if self.cgroups is None else "cgroup"
+
+    @classmethod
+    def setup(cls) -> Containment:
+        """Become a subreaper, and make a cgroup for our agents if we may."""
+        if not become_subreaper():
+            log.warning("cannot become a child subreaper: daemons of agents may escape")
+        wanted = os.environ.get(MODE_VARIABLE, "auto")
+        if wanted == "ancestry":
+            return cls(None, f"{MODE_VARIABLE}=ancestry")
+        try:
+            return cls(_make_parent_cgroup())
+        except OSError as exc:
+            why = f"no writable cgroup v2: {exc.strerror or exc}"
+            if wanted == "cgroup":
+                log.warning("%s=cgroup, but %s", MODE_VARIABLE, why)
+            return cls(None, why)
+
+    def describe(self) -> str:
+        if self.cgroups is None:
+            return f"by process ancestry and the agents' mark ({self.why})"
+        return f"a cgroup v2 per agent, under {self.cgroups}"
+
+    def open_run(self, agent_id: str) -> AgentProcesses:
+        """A new run's processes: its mark now, its cgroup if any (made here)."""
+        n = next(_runs)
+        mark = f"{os.getpid()}-{_token}-{n}"
+        cgroup = None
+        if self.cgroups is not None:
+            cgroup = self.cgroups / f"{agent_id}.{n}"
+            try:
+                cgroup.mkdir()
+            except OSError as exc:
+                log.warning("%s: cannot make its cgroup (%s); by ancestry", agent_id, exc)
+                cgroup = None
+        return AgentProcesses(agent_id, mark, cgroup)
+
+    def close(self) -> None:
+        """Remove our (by now empty) parent cgroup. Idempotent."""
+        if self.cgroups is not None:
+            _remove_cgroup(self.cgroups)
+
+
+def _make_parent_cgroup() -> Path:
+    """``<our cgroup>/supervisor-PID``, made; OSError if cgroup v2 is not ours to use."""
+    own = _own_cgroup_dir()
+    for stale in own.glob("supervisor-*"):  # left by a supervisor that was SIGKILLed
+        pid = stale.name.removeprefix("supervisor-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _remove_cgroup(stale)
+    parent = own / f"supervisor-{os.getpid()}"
+    parent.mkdir(exist_ok=True)
+    procs = parent / "cgroup.procs"
+    if not (parent / "cgroup.kill").exists():
+        _remove_cgroup(parent)
+        raise OSError(0, "cgroup.kill is missing (Linux 5.14 or later needed)")
+    if not os.access(procs, os.W_OK):
+        _remove_cgroup(parent)
+        raise OSError(0, f"{procs} is not writable")
+    return parent
+
+
+def _own_cgroup_dir() -> Path:
+    """The folder of this process's cgroup v2, from /proc/self/{cgroup,mountinfo}."""
+    own = None
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            own = line[3:]
+    if own is None:
+        raise OSError(0, "not in a cgroup v2 hierarchy")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split()[:1] == ["cgroup2"]:
+            fields = left.split()
+            root, mountpoint = fields[3], fields[4].replace("\\040", " ")
+            relative = os.path.relpath(own, root) if own.startswith(root) else None
+            if relative is not None:
+                return Path(os.path.normpath(os.path.join(mountpoint, relative)))
+    raise OSError(0, "cgroup v2 is not mounted")
+
+
+def _remove_cgroup(path: Path) -> None:
+    """rmdir a cgroup and its (empty) children; what is still populated stays."""
+    try:
+        for child in path.iterdir():
+            if child.is_dir():
+                _remove_cgroup(child)
+        path.rmdir()
+    except OSError:
+        pass
+
+
+class AgentProcesses:
+    """One run's processes: found, signalled, killed, waited for and reaped.
+
+    Use: `open_run`, spawn with `environment()` added, `adopt(pid)` at once (no
+    checkpoint in between), `signal`/`kill`/`wait_gone` while the leader is still
+    unreaped (its pid, and so its group's number, cannot be reused meanwhile), `close`
+    once the leader is reaped. Sync methods never block; they read /proc.
+    """
+
+    def __init__(self, agent_id: str, mark: str, cgroup: Path | None) -> None:
+        self.agent_id = agent_id
+        self.mark = mark
+        self.cgroup = cgroup
+        self.leader = 0
+        self._needle = f"\0{RUN_VARIABLE}={mark}\0".encode()
+        self._cgroup_line = ""
+        # {pid: pidfd} of the processes a stop signalled, kept until they are gone: one
+        # that is dying has no environment left to be recognised by, and must still be
+        # waited for (and reaped, if it was re-parented to us).
+        self._signalled: dict[int, int] = {}
+
+    def environment(self) -> dict[bytes, bytes]:
+        return {RUN_VARIABLE.encode(): self.mark.encode()}
+
+    def adopt(self, leader: int) -> None:
+        """The run's leader is spawned: register it, and move it into the cgroup."""
+        self.leader = leader
+        LEADERS.add(leader)
+        _RUNS.add(self)
+        if self.cgroup is None:
+            return
+        try:
+            (self.cgroup / "cgroup.procs").write_text(str(leader))
+            self._cgroup_line = "0::/" + _cgroup_relative(self.cgroup)
+            # What it forked before the move (a few microseconds) joins it too.
+            with self._snapshot(cgroup=False) as found:
+                for pid in found:
+                    (self.cgroup / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            log.warning("%s: cannot move it into its cgroup (%s); by ancestry", self.agent_id, exc)
+            _remove_cgroup(self.cgroup)
+            self.cgroup = None
+
+    def owns(self, pid: int) -> bool:
+        """Whether `pid` is one of the run's processes (the leader included)."""
+        if pid == self.leader:
+            return True
+        if self._cgroup_line and any(
+            line == self._cgroup_line or line.startswith(self._cgroup_line + "/")
+            for line in procfs.read(f"/proc/{pid}/cgroup", 4096).splitlines()
+        ):
+            return True
+        me, child = os.getpid(), pid
+        for _ in range(64):  # up the ancestry: to the leader, or to a re-parented orphan
+            if self._marked(child):
+                return True
+            stat = procfs.stat(child)
+            if stat is None:
+                return False
+            _state, ppid, pgid = stat
+            if ppid == self.leader or pgid == self.leader:
+                return True
+            if ppid in (me, 0, 1):
+                return False
+            child = ppid
+        return False
+
+    def pids(self) -> list[int]:
+        """The run's live processes but the leader, now (for messages)."""
+        with self._snapshot() as found:
+            return sorted(found)
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to every process of the run but the leader (see `_Child`)."""
+        with self._snapshot() as found:
+            self._keep(found)
+        for fd in self._signalled.values():
+            procfs.send(fd, sig)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the run (the leader's own group is its runner's)."""
+        if self.cgroup is not None:
+            try:
+                (self.cgroup / "cgroup.kill").write_text("1")
+            except OSError:
+                pass
+        for fd in self._signalled.values():
+            procfs.send(fd, signal.SIGKILL)
+        killed = set(self._signalled)
+        for _ in range(_KILL_ROUNDS):  # until a sweep finds nothing new
+            with self._snapshot() as found:
+                new = found.keys() - killed
+                for pid in new:
+                    procfs.send(found[pid], signal.SIGKILL)
+                killed |= new
+                self._keep(found)
+            if not new:
+                return
+
+    async def wait_gone(self) -> None:
+        """Wait until no process of the run (but the leader) is left; reap those that
+        were re-parented to us. Cancellable; the caller bounds it."""
+        while True:
+            with self._snapshot() as found:
+                self._keep(found)
+            if not self._signalled:
+                return
+            for pid, fd in list(self._signalled.items()):
+                await trio.lowlevel.wait_readable(fd)
+                procfs.reap(fd)
+                del self._signalled[pid]
+                _close(fd)
+
+    def _keep(self, found: dict[int, int]) -> None:
+        """Keep the pidfds of `found` (taken out of it) for the rest of the stop."""
+        for pid in list(found):
+            if pid not in self._signalled and len(self._signalled) < _KEPT_MAX:
+                self._signalled[pid] = found.pop(pid)
+
+    def close(self) -> None:
+        """The leader is reaped: forget it; remove the cgroup if it is empty."""
+        LEADERS.discard(self.leader)
+        _RUNS.discard(self)
+        for fd in self._signalled.values():
+            _close(fd)
+        self._signalled.clear()
+        if self.cgroup is not None:
+            _remove_cgroup(self.cgroup)
+
+    @contextmanager
+    def _snapshot(self, *, cgroup: bool = True) -> Iterator[dict[int, int]]:
+        """{pid: pidfd} of the run's live processes but the leader; pidfds closed after."""
+        found: dict[int, int] = {}
+        try:
+            self._collect(found, cgroup=cgroup)
+            yield found
+        finally:
+            for fd in found.values():
+                _close(fd)
+
+    def _collect(self, found: dict[int, int], *, cgroup: bool) -> None:
+        me = os.getpid()
+        roots = [self.leader]
+        if cgroup and self.cgroup is not None:
+            for pid in procfs.cgroup_members(self.cgroup):
+                if pid != self.leader and procfs.open_pidfd(found, pid):
+                    roots.append(pid)
+        for pid in procfs.children(me):  # re-parented orphans: in the leader's group, or marked
+            if pid in LEADERS or pid in found:
+                continue
+            stat = procfs.stat(pid)
+            if stat is None or stat[0] == "Z":
+                if stat is not None and stat[2] == self.leader:
+                    procfs.reap_pid(pid)
+                continue
+            if (stat[2] == self.leader or self._marked(pid)) and procfs.open_pidfd(
+                found, pid, parent=me
+            ):
+                roots.append(pid)
+        while roots:  # and everyone's descendants
+            parent = roots.pop()
+            for pid in procfs.children(parent):
+                if pid not in found and procfs.open_pidfd(found, pid, parent=parent):
+                    roots.append(pid)
+
+    def _marked(self, pid: int) -> bool:
+        return self._needle in b"\0" + procfs.read_bytes(f"/proc/{pid}/environ")
+
+
+def _close(pidfd: int) -> None:
+    trio.lowlevel.notify_closing(pidfd)
+    os.close(pidfd)
+
+
+def kill_every_run() -> None:
+    """SIGKILL the processes of every live run (a second SIGTERM, shutdown_timeout)."""
+    for run in list(_RUNS):
+        run.kill()
+
+
+def kill_strays(keep: set[int]) -> int:
+    """SIGKILL our remaining children but `keep` (the keeper) and agent leaders: orphans
+    of agents that no run could claim. For the very end of a graceful shutdown (their
+    zombies go to init when we exit). Returns how many."""
+    count = 0
+    for pid in procfs.children(os.getpid()):
+        if pid in keep or pid in LEADERS:
+            continue
+        found: dict[int, int] = {}
+        if procfs.open_pidfd(found, pid, parent=os.getpid()):
+            procfs.send(found[pid], signal.SIGKILL)
+            count += 1
+            os.close(found[pid])
+    return count
+
+
+def _cgroup_relative(cgroup: Path) -> str:
+    """`cgroup`'s path as /proc/PID/cgroup names it (relative to our own's root)."""
+    own = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split("\n", 1)[0]
+    mine = _own_cgroup_dir()
+    return os.path.normpath(os.path.join(own, os.path.relpath(cgroup, mine))).lstrip("/")

@@ -1,0 +1,99 @@
+"""Reading /proc and signalling by pidfd: the low-level side of containment.
+
+Sync, never blocking: /proc files are in memory. Functions that cannot read (the
+process is gone) return an empty or None answer rather than raising.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def open_pidfd(found: dict[int, int], pid: int, parent: int | None = None) -> bool:
+    """Add a pidfd on `pid` to `found` if it is alive (and still `parent`'s child)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    now = stat(pid)  # read after the pidfd: it pins the process we check
+    if now is None or now[0] in "ZX" or (parent is not None and now[1] != parent):
+        os.close(fd)
+        return False
+    found[pid] = fd
+    return True
+
+
+def send(fd: int, sig: int) -> None:
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except OSError:
+        pass  # gone meanwhile
+
+
+def reap(fd: int) -> None:
+    """Reap the process of `fd` if it is an exited child of ours (else leave it)."""
+    try:
+        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def reap_pid(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    reap(fd)
+    os.close(fd)
+
+
+def stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgid) of `pid`, or None if it is gone."""
+    text = read(f"/proc/{pid}/stat", 1024)
+    if not text:
+        return None
+    fields = text[text.rindex(")") + 2 :].split(maxsplit=3)
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    if len(tasks) == 1:  # most processes: one thread, one file
+        return [int(p) for p in read(f"/proc/{pid}/task/{tasks[0]}/children", 1 << 20).split()]
+    out: list[int] = []
+    for task in tasks:
+        out += [int(p) for p in read(f"/proc/{pid}/task/{task}/children", 1 << 20).split()]
+    return out
+
+
+def cgroup_members(cgroup: Path) -> list[int]:
+    pids = [int(p) for p in read(str(cgroup / "cgroup.procs"), 1 << 20).split()]
+    try:
+        subgroups = [d for d in cgroup.iterdir() if d.is_dir()]
+    except OSError:
+        subgroups = []
+    for sub in subgroups:  # an agent with rights to its cgroup may have made some
+        pids += cgroup_members(sub)
+    return pids
+
+
+def read(path: str, limit: int) -> str:
+    return read_bytes(path, limit).decode("utf-8", "replace")
+
+
+def read_bytes(path: str, limit: int = 1 << 20) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, limit)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)

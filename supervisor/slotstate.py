@@ -1,0 +1,67 @@
+"""A slot's states, the snapshot of a slot that readers get (`Slot.statistics()`), and
+what an agent says of itself beyond ``READY=1`` (`AgentSays`, part of the slot's Hooks)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import trio
+
+from supervisor.core.outcome import ExitRecord, Outcome
+from supervisor.health.monitor import HealthRecord
+from supervisor.manifest import AgentSpec, Source
+
+State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
+ACTIVE: frozenset[State] = frozenset({"starting", "running", "backoff", "stopping"})
+
+
+@attrs.frozen
+class SlotStatistics:
+    """A snapshot of a slot, for the API, the CLI and metrics. Times are trio time."""
+
+    id: str
+    kind: str
+    source: Source
+    state: State
+    pid: int | None
+    restarts: int
+    since: float
+    started_at: float | None  # when it last became running
+    last_exit: ExitRecord | None
+    status: str
+    reason: str
+    spec: AgentSpec
+    health: HealthRecord | None = None  # with a probe or a watchdog
+    blocked: float = 0.0  # seconds an in-process agent held the event loop
+
+
+class AgentSays:
+    """The sd_notify hooks of a `Slot` (docs/agents.md, "sd_notify"), on the slot's state."""
+
+    state: State
+    _timer: trio.CancelScope | None  # the start timer, while a run is under way
+    _is_ready: bool
+    _reloading = False  # said RELOADING=1, not yet READY=1 again
+    _stop_outcome: Outcome | None = None  # how a run ended by a stop ended (`stopped()`)
+
+    def _set(self, state: State, reason: str) -> None:
+        raise NotImplementedError
+
+    def stopping(self) -> None:
+        if self._timer is not None and self.state != "stopping":
+            self._reloading = False
+            self._set("stopping", "stopping by itself (STOPPING=1)")
+
+    def reloading(self) -> None:
+        if self._timer is not None and self._is_ready and self.state == "running":
+            self._reloading = True
+            self._set("starting", "reloading (RELOADING=1)")
+
+    def extend_timeout(self, seconds: float) -> None:
+        timer = self._timer
+        if timer is not None and not self._is_ready:
+            timer.deadline = max(timer.deadline, trio.current_time() + seconds)
+
+    def stopped(self, outcome: Outcome) -> None:
+        self._stop_outcome = outcome

@@ -1,0 +1,154 @@
+"""Containment: no process an agent started outlives it, whatever group or session it is in.
+
+The agents (tests/agents/escape.py) leave their process group the ways daemons do: a
+double fork, a `setsid` child, a subtree three levels deep. Each way an agent stops is
+tried: a stop, an exit of the leader by itself, a restart, a reload that changes it, a
+graceful SIGTERM of a real `supervisor run`; in both modes, by cgroup and by ancestry.
+After the stop, /proc must hold none of them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from supervisor.manifest import AgentSpec
+from supervisor.runners import Outcome
+from supervisor.runners.containment import LEADERS, PR_SET_CHILD_SUBREAPER, Containment
+from supervisor.runners.process import run_process
+
+from ..harness import alive, lines, wait_until
+from .test_process_runner import Recorder
+
+ESCAPE = str(Path(__file__).parents[1] / "agents" / "escape.py")
+ESCAPED = {"daemon": 1, "setsid": 1, "deep": 3}  # processes each mode leaves its group with
+
+
+MODES = [
+    "ancestry",
+    pytest.param(
+        "cgroup",
+        marks=pytest.mark.skipif(
+            os.geteuid() != 0, reason="needs a writable cgroup v2 (root, or Delegate=yes)"
+        ),
+    ),
+]
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This test process as a child subreaper, as `supervisor run` is, for one test."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    yield
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@pytest.fixture
+def containment(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Containment]:
+    monkeypatch.setenv("SUPERVISOR_CONTAINMENT", request.param)
+    made = Containment.setup()
+    if made.mode != request.param:
+        pytest.skip(f"no {request.param} containment here: {made.why}")
+    yield made
+    made.close()
+
+
+def escaped(pidfile: Path, count: int) -> list[int]:
+    return wait_until(
+        lambda: len(got := [int(p) for p in lines(pidfile)]) >= count and got,
+        what=f"{count} escaped processes in {pidfile.name}",
+    )
+
+
+def escape_spec(tmp_path: Path, mode: str, then: str = "stay", **keys: Any) -> AgentSpec:
+    command = (sys.executable, ESCAPE, mode, str(tmp_path / "pids"), then)
+    return AgentSpec(id="e", kind="process", command=command, root=tmp_path, cwd=tmp_path, **keys)
+
+
+def left_running(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if alive(pid)]
+
+
+# -- the runner: every process of the run ends with it ----------------------------------
+
+
+@pytest.mark.parametrize("containment", MODES, indirect=True)
+@pytest.mark.parametrize("mode", list(ESCAPED))
+async def test_a_stop_ends_what_left_the_group(
+    tmp_path: Path, subreaper: None, containment: Containment, mode: str
+) -> None:
+    hooks = Recorder()
+    pids: list[int] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: run_process(escape_spec(tmp_path, mode), hooks, containment=containment)
+            )
+            await hooks.is_launched.wait()
+            pids = await trio.to_thread.run_sync(escaped, tmp_path / "pids", ESCAPED[mode])
+            assert all(os.getsid(pid) != os.getsid(0) for pid in pids)  # they did escape
+            nursery.cancel_scope.cancel()
+    assert left_running(pids) == []
+    assert hooks.stop_outcomes == [Outcome(signal=signal.SIGTERM)]
+
+
+@pytest.mark.parametrize("containment", MODES, indirect=True)
+@pytest.mark.parametrize("mode", list(ESCAPED))
+async def test_a_leader_that_exits_takes_its_daemons_along(
+    tmp_path: Path, subreaper: None, containment: Containment, mode: str
+) -> None:
+    hooks = Recorder()
+    spec = escape_spec(tmp_path, mode, "exit")
+    with trio.fail_after(20):
+        # The leader exits once every escaped process has recorded itself.
+        outcome = await run_process(spec, hooks, containment=containment)
+    assert outcome == Outcome(code=0)
+    pids = [int(p) for p in lines(tmp_path / "pids")]
+    assert len(pids) == ESCAPED[mode]
+    assert left_running(pids) == []
+
+
+@pytest.mark.parametrize("containment", MODES, indirect=True)
+async def test_stubborn_escapees_get_sigkill_after_stop_timeout(
+    tmp_path: Path, subreaper: None, containment: Containment
+) -> None:
+    script = f"setsid sh -c 'trap \"\" TERM; echo $$ >> {tmp_path}/pids; sleep 1000 & wait' & wait"
+    spec = AgentSpec(
+        id="e",
+        kind="process",
+        command=("sh", "-c", script),
+        root=tmp_path,
+        cwd=tmp_path,
+        stop_timeout=0.5,
+    )
+    hooks = Recorder()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: run_process(spec, hooks, containment=containment))
+            pids = await trio.to_thread.run_sync(escaped, tmp_path / "pids", 1)
+            nursery.cancel_scope.cancel()
+    assert left_running(pids) == []
+    # The leader (sh) ended by SIGTERM, but the run needed SIGKILL for the rest.
+    assert hooks.stop_outcomes == [Outcome(signal=signal.SIGTERM, killed=True)]
+
+
+@pytest.mark.parametrize("containment", MODES, indirect=True)
+async def test_the_leader_is_registered_until_it_is_reaped(
+    tmp_path: Path, subreaper: None, containment: Containment
+) -> None:
+    hooks = Recorder()
+    spec = escape_spec(tmp_path, "setsid", "exit")
+    outcome = await run_process(spec, hooks, containment=containment)
+    assert outcome == Outcome(code=0)
+    assert hooks.pids[0] not in LEADERS
