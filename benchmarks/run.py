@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import observe
 import peers
 import procfs
 import scenarios
@@ -76,9 +77,11 @@ ROWS = [
     Row("inproc_shutdown", "  shutdown", "s", "< 1 s"),
     Row("empty_ready", "ours, empty manifest: launch -> ready", "s"),
     Row("empty_rss_mib", "ours, empty manifest: RSS", "MiB"),
+    *(Row(*row) for row in observe.ROWS),  # watching and a flood of output (observe.py)
 ]
 
 SCALE = {"s": 1.0, "ms": 1e3, "MiB": 1.0, "KiB": 1.0, "count": 1.0, "ms/10s": 1.0, "/10s": 1.0}
+SCALE |= {"%": 1.0, "/s": 1.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -295,6 +298,8 @@ class Bench:
             ours = next((p for p in self.peers if isinstance(p, peers.Ours)), None)
             if ours is not None and a.inproc:
                 self.inprocess_round(ours)
+            if ours is not None:
+                observe.measure(self, ours, r)
 
     def add_ratios(self, n: int, values: dict[str, dict[str, float]]) -> None:
         mine, theirs = values.get("ours", {}), values.get("supervisord", {})
@@ -386,6 +391,8 @@ class Bench:
             vs = f" (supervisorctl {_fmt(sd and sd * 1e3, 'ms')})" if sd is not None else ""
             measured = _fmt(o and o * 1e3, "ms") + vs if o is not None else "not measured"
             add(f"CLI `supervisor {action}` < 100 ms at {big}", measured, _lt(o, 0.1))
+        for target, measured, met in observe.targets(med):
+            add(target, measured, met)
         return out
 
     def headline(self, med: dict[str, dict[str, float]]) -> list[str]:

@@ -9,7 +9,7 @@ is the ring's or the history's size, and one that falls further is told so (docs
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from functools import partial
 from importlib import resources
 from typing import Any
@@ -77,7 +77,7 @@ class Observe:
             cursor = tail[0].seq if tail else recent.next_seq
         return event_stream(self._follow(recent, cursor))
 
-    async def _follow(self, recent: RecentOutput, cursor: int) -> AsyncIterator[str]:
+    async def _follow(self, recent: RecentOutput, cursor: int) -> AsyncGenerator[str, None]:
         while True:
             lines, skipped = recent.since(cursor)
             parts = []
@@ -105,7 +105,9 @@ class Observe:
             cursor = bus.subscribe()
         return event_stream(self._stream(bus, cursor, snapshot))
 
-    async def _stream(self, bus: EventBus, cursor: int, snapshot: bool) -> AsyncIterator[str]:
+    async def _stream(
+        self, bus: EventBus, cursor: int, snapshot: bool
+    ) -> AsyncGenerator[str, None]:
         offset = wall_offset()
         if snapshot:
             agents = [agent_json(slot, offset) for slot in self.sup.slots.values()]
