@@ -195,6 +195,14 @@ class Ours(Peer):
             raise Unavailable(f"{self.python} not found (run `just setup`)")
         if self.rev:
             self.src = self.export(self.rev)
+        # Byte-compile it, as installing a package does (pip writes the .pyc files): with
+        # PYTHONDONTWRITEBYTECODE set, or in a fresh export, every launch would otherwise
+        # compile the whole package again (~0.1 s of each start and CLI command).
+        subprocess.run(
+            [self.python, "-m", "compileall", "-q", str(self.src / "supervisor")],
+            capture_output=True,
+            timeout=120,
+        )
         probe = subprocess.run(
             [self.python, "-c", "import supervisor.slot"],
             cwd=self.src,

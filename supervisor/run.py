@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
+from trio._core._generated_run import wait_all_tasks_blocked  # trio.testing's (0.1 s to import)
 
 from supervisor import logs
 from supervisor import manifest as mf
 from supervisor.api.access import ApiConfigError
-from supervisor.api.serve import serve_api
+from supervisor.api.serve import BoundApi, bind_api, serve_bound
 from supervisor.cluster import Joining, joining
 from supervisor.keeper import Keeper
 from supervisor.logs import log
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from supervisor.placement import Placement
 
 EXIT_OK, EXIT_INVALID, EXIT_CRITICAL = 0, 2, 3
+API_AFTER = 1.0  # seconds the API waits at most for the first agents' spawns
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
@@ -71,20 +73,25 @@ def run_main(
             print(exc, file=sys.stderr)
             return EXIT_INVALID
         try:
-            return trio.run(_main, m, address, _watch_baseline(m) if watch else None, join)
-        except BaseExceptionGroup as group:
-            refused, rest = group.split(ApiConfigError)
-            if refused is None or rest is not None:
-                raise
-            for reason in _leaves(refused):
-                print(f"cannot serve the API: {reason}", file=sys.stderr)
+            # Bound before any agent starts (a bad address starts nothing), served once
+            # they are (`_serve_after_start`).
+            bound = bind_api(m.settings, address) if address else None
+        except ApiConfigError as exc:
+            print(f"cannot serve the API: {exc}", file=sys.stderr)
             log.error("the API could not start: stopped")
             return EXIT_INVALID
+        try:
+            return trio.run(_main, m, bound, _watch_baseline(m) if watch else None, join)
+        finally:
+            if bound is not None:
+                bound.close()  # (when it was never served)
     finally:
         logs.shutdown()
 
 
-async def _main(m: mf.Manifest, address: str, watch: str | None, join: Joining | None) -> int:
+async def _main(
+    m: mf.Manifest, api: BoundApi | None, watch: str | None, join: Joining | None
+) -> int:
     """Run everything; `watch` is the ``--watch`` baseline (None: no ``--watch``)."""
     # As PID 1 the kernel kills the whole PID namespace when we die: no keeper needed.
     keeper = None if is_pid1() else _start_keeper()
@@ -102,8 +109,8 @@ async def _main(m: mf.Manifest, address: str, watch: str | None, join: Joining |
                 sup.kill_all,
                 lambda: LEADERS,  # every agent leader until its runner reaped it
             )
-            if address:
-                await nursery.start(serve_api, sup, address, cluster)
+            if api is not None:
+                nursery.start_soon(_serve_after_start, sup, api, cluster)
             if cluster is not None:  # cancelled after sup.run(): agents stop, then it leaves
                 await nursery.start(cluster.run, sup.request_reconcile, sup.fence)
             if watch is not None:
@@ -133,6 +140,16 @@ async def _main(m: mf.Manifest, address: str, watch: str | None, join: Joining |
         _write_termination_log(sup.exit_message)
     log.info("stopped (exit %d)", code)
     return code
+
+
+async def _serve_after_start(sup: Supervisor, api: BoundApi, cluster: ClusterMember | None) -> None:
+    """Serve the API once the first agents are spawned: importing the HTTP stack takes
+    ~0.1 s of loop time, which the agents' start does not wait for
+    (docs/performance.md#what-limits-ours). "Spawned" is: no task is runnable any more,
+    or `API_AFTER` seconds passed (agents that never let the loop idle)."""
+    with trio.move_on_after(API_AFTER):
+        await wait_all_tasks_blocked()
+    await serve_bound(sup, api, cluster)
 
 
 def _watch_baseline(m: mf.Manifest) -> str:
@@ -171,14 +188,6 @@ def _start_keeper() -> Keeper | None:
     except (OSError, ValueError) as exc:
         log.warning("no keeper (%s): agents may outlive a SIGKILLed supervisor", exc)
         return None
-
-
-def _leaves(group: BaseExceptionGroup[Exception]) -> list[BaseException]:
-    return [
-        leaf
-        for exc in group.exceptions
-        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    ]
 
 
 def _raise_fd_limit() -> None:

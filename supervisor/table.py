@@ -29,11 +29,15 @@ async def stop_slots(slots: Mapping[str, Slot], ids: Sequence[str]) -> None:
     each has stopped (its cleanup ran)."""
     specs = {i: slots[i].spec for i in ids}
     for wave in stop_waves(ids, specs):
-        async with trio.open_nursery() as nursery:
-            for agent_id in wave:
-                slot = slots[agent_id]
-                slot.stop()
-                nursery.start_soon(slot.wait_stopped)
+        stopping = [slots[agent_id] for agent_id in wave]
+        for slot in stopping:
+            slot.stop()
+        # They stop concurrently; waiting for each in turn needs no task per slot (a
+        # task per slot was a tenth of the shutdown of 10,000 in-process agents).
+        for slot in stopping:
+            if slot.active:  # (a checkpoint for each of those already stopped is a loop turn)
+                await slot.wait_stopped()
+        await trio.lowlevel.checkpoint()
 
 
 async def wait_started(slots: Mapping[str, Slot], ids: Iterable[str]) -> dict[str, str]:

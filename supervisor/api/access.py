@@ -21,14 +21,15 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from starlette.requests import Request
 
-from supervisor.api.errors import ApiError
 from supervisor.logs import log
 from supervisor.manifest import Settings
+
+if TYPE_CHECKING:  # binding comes before the HTTP stack is imported (`supervisor.api.serve`)
+    from starlette.requests import Request
 
 TOKEN_ENV = "SUPERVISOR_TOKEN"
 BACKLOG = 128  # connections the kernel queues before we accept them
@@ -206,6 +207,8 @@ class Guard:
         """Raises ApiError (401, 403) unless ``Authorization`` `value` holds the token."""
         if self.token is None:
             return
+        from supervisor.api.errors import ApiError  # (the HTTP stack: loaded by then)
+
         scheme, _, given = value.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise ApiError(

@@ -1,36 +1,98 @@
 """Serving the API: the token, the socket we bound, our server (`supervisor.api.server`)
-with hypercorn's HTTP/1.1, stopped gracefully."""
+with hypercorn's HTTP/1.1, stopped gracefully.
+
+Two steps, so that the agents start first (docs/performance.md#what-limits-ours):
+`bind_api` is light (the address, the token, the socket: standard library only) and runs
+before any agent starts, so a bad address still starts nothing and clients that connect
+early wait in the socket's backlog; `serve_bound` imports the HTTP stack (hypercorn,
+starlette) and serves, once the first agents are spawned.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
-from hypercorn.config import Config
-from hypercorn.utils import wrap_app
 
 from supervisor.api.access import (
     ApiConfigError,
     Guard,
+    Listen,
     bind,
     bound_address,
     configured_token,
     parse_address,
 )
-from supervisor.api.app import build_app
-from supervisor.api.server import GRACE, Server
 from supervisor.api.tokenfile import TokenFileError, remove_token, write_token
 from supervisor.logs import log
+from supervisor.manifest import Settings
 from supervisor.owner import Supervisor
 
 if TYPE_CHECKING:  # the member's etcd client (httpx) loads only in cluster mode
+    from supervisor.api.server import Server
     from supervisor.cluster.member import ClusterMember
 
 # hypercorn's own messages repeat ours; keep its warnings and errors.
 _http_log = logging.getLogger("supervisor.http")
 _http_log.setLevel(logging.WARNING)
+
+
+class BoundApi:
+    """The API's socket, bound and listening, with its token; not served yet.
+
+    `close()` closes the socket and removes what was made for it (a unix socket's
+    file, the token file); `serve_bound` does it when it ends.
+    """
+
+    def __init__(
+        self, sock: socket.socket, listen: Listen, guard: Guard, made: tuple[Path, str] | None
+    ) -> None:
+        self.sock = sock
+        self.listen = listen
+        self.guard = guard
+        self.made = made  # the token file we wrote, and its token
+
+    @property
+    def address(self) -> str:
+        """The address actually bound (``"127.0.0.1:43125"`` for ``"127.0.0.1:0"``)."""
+        return self.guard.address
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.listen.path is not None:
+            self.listen.path.unlink(missing_ok=True)
+        if self.made is not None:
+            remove_token(*self.made)
+            self.made = None
+
+
+def bind_api(settings: Settings, address: str) -> BoundApi:
+    """Bind the API's socket on `address` and settle its token (see `serve_api`).
+
+    Raises:
+      ApiConfigError: a bad address, an unusable token file, or the address cannot be
+        bound.
+    """
+    listen = parse_address(address)
+    token = configured_token(settings)
+    configured = token is not None
+    sock = bind(listen, address, private=not configured)
+    made: tuple[Path, str] | None = None
+    try:
+        bound = bound_address(sock)
+        if token is None and listen.path is None:
+            try:
+                made = write_token(sock.getsockname()[1])
+            except TokenFileError as exc:
+                raise ApiConfigError(str(exc)) from None
+            token = made[1]
+    except BaseException:
+        BoundApi(sock, listen, Guard(token=None, configured=False, address=address), made).close()
+        raise
+    return BoundApi(sock, listen, Guard(token=token, configured=configured, address=bound), made)
 
 
 async def serve_api(
@@ -59,25 +121,32 @@ async def serve_api(
       ApiConfigError: before `started`: a bad address, an unusable token file, or the
         address cannot be bound.
     """
-    listen = parse_address(address)
-    token = configured_token(sup.manifest.settings)
-    configured = token is not None
-    sock = bind(listen, address, private=not configured)
-    made: tuple[Path, str] | None = None
+    api = bind_api(sup.manifest.settings, address)
+    await serve_bound(sup, api, cluster, task_status=task_status)
+
+
+async def serve_bound(
+    sup: Supervisor,
+    api: BoundApi,
+    cluster: ClusterMember | None = None,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the API on the socket `bind_api` bound, until cancelled (see `serve_api`);
+    close it at the end."""
     try:
-        bound = bound_address(sock)
-        if token is None and listen.path is None:
-            try:
-                made = write_token(sock.getsockname()[1])
-            except TokenFileError as exc:
-                raise ApiConfigError(str(exc)) from None
-            token = made[1]
-        guard = Guard(token=token, configured=configured, address=bound)
+        # The HTTP stack: imported here, after the agents were started (see above).
+        from hypercorn.config import Config
+        from hypercorn.utils import wrap_app
+
+        from supervisor.api.app import build_app
+        from supervisor.api.server import GRACE, Server
+
         config = Config()
         config.errorlog = _http_log
         config.accesslog = None
-        app = wrap_app(build_app(sup, guard, cluster), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
-        server = Server(app, sock, config)
+        app = wrap_app(build_app(sup, api.guard, cluster), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+        server = Server(app, api.sock, config)
         stop = trio.Event()
         # The server runs shielded so that a cancel reaches it as a graceful stop
         # (`stop`), not as a cancellation of every request in flight; the shield's
@@ -86,19 +155,15 @@ async def serve_api(
         async with trio.open_nursery() as nursery:
             await nursery.start(_shielded, server, stop, shield)
             try:
-                where = f", token in {made[0]}" if made else ""
-                log.info("API on %s (%s%s)", bound, guard.note(), where)
-                task_status.started(bound)
+                where = f", token in {api.made[0]}" if api.made else ""
+                log.info("API on %s (%s%s)", api.address, api.guard.note(), where)
+                task_status.started(api.address)
                 await trio.sleep_forever()
             finally:
                 stop.set()
                 shield.deadline = trio.current_time() + GRACE + 1.0
     finally:
-        sock.close()
-        if listen.path is not None:
-            listen.path.unlink(missing_ok=True)
-        if made is not None:
-            remove_token(*made)
+        api.close()
 
 
 async def _shielded(

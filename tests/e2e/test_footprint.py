@@ -24,6 +24,20 @@ def test_run_loads_nothing_it_does_not_use_at_start() -> None:
     assert out.stdout.strip() == "[]"
 
 
+# Imported by the API task once the first agents are spawned (`supervisor.api.serve`):
+# the agents' start does not wait for the HTTP stack.
+AFTER_THE_FIRST_SPAWNS = ["hypercorn", "starlette", "h11", "anyio", "supervisor.api.app"]
+
+
+def test_run_spawns_before_it_imports_the_http_stack() -> None:
+    code = (
+        "import sys, supervisor.cli, supervisor.run\n"
+        f"print(sorted(m for m in {AFTER_THE_FIRST_SPAWNS!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_openapi_media_type_of_metrics_is_prometheus_clients() -> None:
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
