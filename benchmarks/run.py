@@ -275,7 +275,9 @@ class Bench:
                 self.record(f"floor_spawn@{n}", "floor", spawn)
                 round_values: dict[str, dict[str, float]] = {"floor": {"start": floor}}
                 if n == self.cfg.idle_n and self.args.cli_reps:
-                    py = scenarios.python_floor(self.args.python, self.args.cli_reps)
+                    ours = next((p for p in self.peers if isinstance(p, peers.Ours)), None)
+                    python = self.args.python if ours is None else ours.python
+                    py = scenarios.python_floor(python, self.args.cli_reps)
                     self.record(f"python_floor@{n}", "floor", py)
                 for peer in order:
                     log(f"  {peer.name} N={n} ...")

@@ -12,7 +12,6 @@ Standard library only: the CLI client imports this, and must stay light.
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -86,6 +85,8 @@ def _write_in(folder: Path, port: int) -> tuple[Path, str]:
     why = private(folder, folder=True)
     if why:
         raise TokenFileError(why)
+    import secrets  # (hashlib and OpenSSL: 20 ms the CLI, which only reads tokens, skips)
+
     token = secrets.token_urlsafe(32)
     path = token_path(port, folder)
     temporary = path.with_name(f".{path.name}.{os.getpid()}")

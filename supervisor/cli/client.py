@@ -1,22 +1,23 @@
 """The CLI's HTTP client of the control API (docs/api.md#the-cli-client).
 
-Standard library only (`http.client` over TCP or a unix socket): a command like
-``supervisor status`` answers in tens of milliseconds because it imports neither trio,
-nor the manifest model, nor httpx. `Api.request` sends one request and reads the whole
-answer; `Api.stream` hands over the open response, for Server-Sent Events (`sse_events`).
+Standard library only, and the least of it: one HTTP/1.1 request per connection over a
+TCP or unix socket (``Connection: close``), written and read here in a few lines, so a
+command like ``supervisor status`` pays for little more than the interpreter's start.
+It imports neither trio, nor the manifest model, nor httpx, nor even `http.client`
+(which loads `email` and `ssl`: 20 ms, docs/performance.md#what-limits-ours). `Api.request`
+sends one request and reads the whole answer; `Api.stream` hands over the open response,
+for Server-Sent Events (`sse_events`).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from supervisor.api.tokenfile import read_token
@@ -24,6 +25,7 @@ from supervisor.api.tokenfile import read_token
 DEFAULT_API = "127.0.0.1:7070"  # the manifest's default (supervisor.manifest.DEFAULT_API)
 TOKEN_ENV = "SUPERVISOR_TOKEN"
 EXIT_OK, EXIT_NOT_READY, EXIT_UNREACHABLE = 0, 1, 2
+_MAX_HEAD = 64 * 1024  # bytes of status line and headers we read at most
 
 
 class ClientError(Exception):
@@ -32,6 +34,10 @@ class ClientError(Exception):
     def __init__(self, message: str, code: int = EXIT_UNREACHABLE) -> None:
         super().__init__(message)
         self.code = code
+
+
+class BadAnswer(Exception):
+    """What the server sent is not HTTP/1.1 as we read it."""
 
 
 def api_address(arg: str | None) -> str:
@@ -45,13 +51,15 @@ def agent_path(agent_id: str, *rest: str) -> str:
     return "/".join(("/agents", quote(agent_id, safe=""), *rest))
 
 
-@dataclass(frozen=True)
 class Answer:
     """A complete answer: its status, headers and body."""
 
-    status: int
-    headers: dict[str, str]
-    body: bytes
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
 
     def json(self) -> Any:
         """The body as JSON; ClientError if it is not."""
@@ -69,20 +77,77 @@ class Answer:
             return f"HTTP {self.status}: {text}"
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
+class Response:
+    """An answer whose body is read as it arrives: `read()` all of it, or iterate its
+    lines (a stream). The body is de-chunked; the connection ends with the answer."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    def __init__(self, stream: BinaryIO) -> None:
+        self._in = stream
+        line = stream.readline(_MAX_HEAD)
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise BadAnswer(f"not an HTTP/1.1 status line: {line[:80]!r}")
+        self.status = int(parts[1])
+        self.headers: dict[str, str] = {}
+        size = len(line)
+        while True:
+            line = stream.readline(_MAX_HEAD)
+            size += len(line)
+            if not line.endswith(b"\n") or size > _MAX_HEAD:
+                raise BadAnswer("the answer's head is cut off or too long")
+            if line in (b"\r\n", b"\n"):
+                break
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise BadAnswer(f"not a header line: {line[:80]!r}")
+            self.headers[name.strip()] = value.strip()
+        lower = {k.lower(): v for k, v in self.headers.items()}
+        self._chunked = "chunked" in lower.get("transfer-encoding", "").lower()
+        length = lower.get("content-length", "")
+        self._length = int(length) if length.isdigit() else None
+
+    def getheaders(self) -> list[tuple[str, str]]:
+        return list(self.headers.items())
+
+    def _chunks(self) -> Iterator[bytes]:
+        if not self._chunked:
+            if self._length is not None:
+                data = self._in.read(self._length)
+                if len(data) < self._length:
+                    raise BadAnswer("the body is cut off")
+                yield data
+                return
+            while data := self._in.read1(65536):  # type: ignore[attr-defined]
+                yield data
+            return
+        while True:
+            line = self._in.readline(1024)
+            size = line.split(b";", 1)[0].strip()
+            try:
+                n = int(size, 16)
+            except ValueError:
+                raise BadAnswer(f"not a chunk size: {line[:80]!r}") from None
+            if n == 0:
+                return
+            data = self._in.read(n)
+            if len(data) < n or self._in.readline(1024) not in (b"\r\n", b"\n"):
+                raise BadAnswer("a chunk is cut off")
+            yield data
+
+    def read(self) -> bytes:
+        """The whole body."""
+        return b"".join(self._chunks())
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The body's lines as they arrive (each with its newline, the last maybe not)."""
+        rest = b""
+        for data in self._chunks():
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line + b"\n"
+        if rest:
+            yield rest
 
 
 class Api:
@@ -103,15 +168,26 @@ class Api:
         port = self.address.rpartition(":")[2]
         return read_token(int(port)) if port.isdigit() else None
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connect(self) -> tuple[socket.socket, str]:
+        """A connected socket, and the ``Host`` header for it."""
         if self.address.startswith("unix:"):
-            return _UnixConnection(self.address.removeprefix("unix:"), self.timeout)
-        host, _, port = self.address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ClientError(f"API address {self.address!r}: expected HOST:PORT or unix:/path")
-        return http.client.HTTPConnection(
-            host.removeprefix("[").removesuffix("]"), int(port), timeout=self.timeout
-        )
+            family, where, host = socket.AF_UNIX, self.address.removeprefix("unix:"), "localhost"
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            target: Any = where
+        else:
+            name, _, port = self.address.rpartition(":")
+            if not name or not port.isdigit():
+                raise ClientError(f"API address {self.address!r}: expected HOST:PORT or unix:/path")
+            bare = name.removeprefix("[").removesuffix("]")
+            host = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+            return socket.create_connection((bare, int(port)), timeout=self.timeout), host
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(target)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, host
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
         headers = {"Accept": "application/json", **(extra or {})}
@@ -122,7 +198,7 @@ class Api:
     @contextmanager
     def stream(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> Iterator[http.client.HTTPResponse]:
+    ) -> Iterator[Response]:
         """Send a request and yield the open response, its body unread (for a stream).
 
         Raises:
@@ -134,35 +210,54 @@ class Api:
         if body is not None:
             data = json.dumps(body).encode()
             sent["Content-Type"] = "application/json"
-        connection = self._connection()
         try:
+            sock, host = self._connect()
+        except TimeoutError:
+            raise ClientError(self._no_answer()) from None
+        except OSError as exc:
+            raise ClientError(self._unreachable(exc)) from None
+        received = sock.makefile("rb")
+        try:
+            head = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+            head += [f"{k}: {v}" for k, v in sent.items()]
+            if data is not None:
+                head.append(f"Content-Length: {len(data)}")
             try:
-                connection.request(method, path, body=data, headers=sent)
-                response = connection.getresponse()
+                sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (data or b""))
+                response = Response(received)
             except TimeoutError:
-                raise ClientError(
-                    f"the supervisor at {self.address} did not answer within {self.timeout:g}s"
-                ) from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise ClientError(
-                    f"cannot reach a supervisor at {self.address}: {exc or type(exc).__name__}\n"
-                    "is `supervisor run` running? Point to it with --api or $SUPERVISOR_API."
-                ) from None
+                raise ClientError(self._no_answer()) from None
+            except (OSError, BadAnswer) as exc:
+                raise ClientError(self._unreachable(exc)) from None
             if response.status in (401, 403, 421, 503):
-                answer = Answer(response.status, dict(response.getheaders()), response.read())
+                answer = Answer(response.status, response.headers, self._read(response))
                 raise ClientError(self._refused(answer))
             yield response
         finally:
-            connection.close()
+            received.close()
+            sock.close()
+
+    def _no_answer(self) -> str:
+        return f"the supervisor at {self.address} did not answer within {self.timeout:g}s"
+
+    def _unreachable(self, exc: Exception) -> str:
+        return (
+            f"cannot reach a supervisor at {self.address}: {exc or type(exc).__name__}\n"
+            "is `supervisor run` running? Point to it with --api or $SUPERVISOR_API."
+        )
+
+    def _read(self, response: Response) -> bytes:
+        try:
+            return response.read()
+        except TimeoutError:
+            raise ClientError(self._no_answer()) from None
+        except (OSError, BadAnswer) as exc:
+            raise ClientError(f"the supervisor at {self.address} broke off: {exc}") from None
 
     def request(self, method: str, path: str, body: Any = None) -> Answer:
         """Send one request and read its whole answer (see `stream` for the errors)."""
         with self.stream(method, path, body) as response:
-            try:
-                data = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                raise ClientError(f"the supervisor at {self.address} broke off: {exc}") from None
-            return Answer(response.status, dict(response.getheaders()), data)
+            return Answer(response.status, response.headers, self._read(response))
 
     def _refused(self, answer: Answer) -> str:
         message = f"the supervisor at {self.address} refused: {answer.error_text()}"
@@ -180,16 +275,21 @@ def fail_unless(answer: Answer, *ok: int) -> None:
         raise ClientError(answer.error_text(), code)
 
 
-@dataclass(frozen=True)
 class Event:
     """One Server-Sent Event: its ``event:`` name, ``data:`` text and ``id:``."""
 
-    event: str
-    data: str
-    id: str | None
+    __slots__ = ("data", "event", "id")
+
+    def __init__(self, event: str, data: str, id: str | None) -> None:
+        self.event = event
+        self.data = data
+        self.id = id
+
+    def __repr__(self) -> str:
+        return f"Event({self.event!r}, {self.data!r}, {self.id!r})"
 
 
-def sse_events(response: http.client.HTTPResponse) -> Iterator[Event]:
+def sse_events(response: Response) -> Iterator[Event]:
     """The events of a ``text/event-stream`` answer, as they arrive, until it ends."""
     name, data, last_id = "message", list[str](), None
     for raw in response:

@@ -1,0 +1,103 @@
+"""The CLI's own HTTP/1.1 reading (`supervisor.cli.client`) against a real socket that
+answers exactly the bytes a test gives: lengths, chunks, and broken answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from supervisor.cli.client import Api, ClientError
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Api, list[bytes], list[bytes]]]:
+    """An Api on a loopback port whose server answers each connection with the next
+    bytes put in `answers` (then closes), and keeps the request it read in `seen`."""
+    answers: list[bytes] = []
+    seen: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    request += data
+                seen.append(request)
+                conn.sendall(answers.pop(0))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield Api(f"127.0.0.1:{port}", timeout=10), answers, seen
+    finally:
+        listener.close()
+
+
+def test_a_body_of_known_length_and_the_request_sent(server) -> None:  # type: ignore[no-untyped-def]
+    api, answers, seen = server
+    answers.append(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-A: b\r\n\r\n{"ok": true}junk')
+    answer = api.request("POST", "/reload", {"x": 1})
+    assert (answer.status, answer.body, answer.headers["X-A"]) == (200, b'{"ok": true', "b")
+    head, _, _body = seen[0].partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /reload HTTP/1.1"
+    assert f"Host: 127.0.0.1:{api.address.rpartition(':')[2]}" in lines
+    assert "Content-Type: application/json" in lines
+    assert "Connection: close" in lines
+
+
+def test_chunks_are_joined_and_lines_cross_chunk_borders(server) -> None:  # type: ignore[no-untyped-def]
+    api, answers, _ = server
+    chunks = [b"event: a\ndata: o", b"ne\n\nda", b"ta: two\n\n"]
+    body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    answers.append(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    with api.stream("GET", "/events") as response:
+        assert list(response) == [b"event: a\n", b"data: one\n", b"\n", b"data: two\n", b"\n"]
+    answers.append(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert api.request("GET", "/x").body == b"".join(chunks)
+
+
+def test_a_body_to_the_end_of_the_connection(server) -> None:  # type: ignore[no-untyped-def]
+    api, answers, _ = server
+    answers.append(b"HTTP/1.1 404 Not Found\r\n\r\n" + b"x" * 200_000)
+    answer = api.request("GET", "/agents/nope")
+    assert (answer.status, len(answer.body)) == (404, 200_000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "cannot reach a supervisor"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "not a header line"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "cut off or too long"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", "broke off: the body is cut off"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "not a chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc", "a chunk is cut off"),
+        (b"", "cannot reach a supervisor"),
+    ],
+)
+def test_a_broken_answer_is_a_client_error_not_a_traceback(server, raw: bytes, says: str) -> None:  # type: ignore[no-untyped-def]
+    api, answers, _ = server
+    answers.append(raw)
+    with pytest.raises(ClientError, match=says) as caught:
+        api.request("GET", "/agents")
+    assert caught.value.code == 2
+
+
+def test_nobody_listening_is_a_client_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    with pytest.raises(ClientError, match="cannot reach a supervisor"):
+        Api(f"127.0.0.1:{port}", timeout=5).request("GET", "/agents")
