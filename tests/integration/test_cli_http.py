@@ -42,6 +42,8 @@ def server() -> Iterator[tuple[Api, list[bytes], list[bytes]]]:
     try:
         yield Api(f"127.0.0.1:{port}", timeout=10), answers, seen
     finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
+        thread.join(10)
         listener.close()
 
 
