@@ -22,7 +22,7 @@ import trio
 from supervisor.core.outcome import ExitRecord, Outcome
 from supervisor.core.policy import Restart, RestartPolicy, describe, succeeded
 from supervisor.events import EventBus
-from supervisor.health.lag import SLOT_TASK_PREFIX
+from supervisor.health.lag import RUNNING_AGENT, SLOT_TASK_PREFIX
 from supervisor.health.monitor import HealthRecord, needs_health, run_monitored
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, ReadyProbe, Source
@@ -58,6 +58,7 @@ class Slot(AgentSays):
     health: HealthRecord | None = None
     blocked = 0.0  # seconds of loop held in steps longer than loop_lag_warning
     blocked_steps = 0
+    loop_time = 0.0  # seconds its tasks held the loop, all steps (in-process, health/lag.py)
     _failure: str | None = None  # why `fail` ended the run under way
 
     def __init__(
@@ -265,6 +266,8 @@ class Slot(AgentSays):
 
     async def _run(self) -> None:
         assert self._scope is not None
+        if self.spec.kind == "in-process":
+            RUNNING_AGENT.set(self)  # its steps count as its CPU time
         try:
             with self._scope:
                 await self._life()

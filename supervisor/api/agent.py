@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -17,6 +18,7 @@ from supervisor.core.outcome import ExitRecord
 from supervisor.health.monitor import HealthRecord
 from supervisor.owner import Supervisor
 from supervisor.slot import Slot
+from supervisor.usage import Usage, forget_gone, read_usage
 
 _WALL_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("wall_offset")
 
@@ -34,8 +36,21 @@ def wall_offset() -> float:
         return _WALL_OFFSET.get()
 
 
-def agent_json(slot: Slot, offset: float) -> dict[str, Any]:
-    """The AGENT object of docs/api.md, plus ``up``, ``status`` and ``reason``."""
+def agents_json(
+    slots: Iterable[Slot], offset: float, *, every: bool = False
+) -> list[dict[str, Any]]:
+    """The AGENT objects of `slots`, their usage read once for all (`supervisor.usage`).
+    `every`: these are all the agents, so readings of agents gone can be dropped."""
+    slots = list(slots)
+    usage = read_usage(slots)
+    if every:
+        forget_gone(s.spec.id for s in slots)
+    return [agent_json(slot, offset, usage.get(slot.spec.id)) for slot in slots]
+
+
+def agent_json(slot: Slot, offset: float, usage: Usage | None = None) -> dict[str, Any]:
+    """The AGENT object of docs/api.md, plus ``up``, ``status`` and ``reason``.
+    `usage`: its CPU and RSS if read (`agents_json` reads them)."""
     s = slot.statistics()
     return {
         "id": s.id,
@@ -51,6 +66,8 @@ def agent_json(slot: Slot, offset: float) -> dict[str, Any]:
         "status": s.status,
         "reason": s.reason,
         "blocked": round(s.blocked, 3) if s.kind == "in-process" else None,
+        "cpu": None if usage is None else usage.cpu,
+        "rss": None if usage is None else usage.rss,
         "health": _health_json(s.health, offset),
     }
 

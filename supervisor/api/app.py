@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from supervisor.api.access import Guard
-from supervisor.api.agent import agent_json, not_ready, wall_offset
+from supervisor.api.agent import agents_json, not_ready, wall_offset
 from supervisor.api.body import DrainUnreadBody, read_json_object
 from supervisor.api.cluster import cluster_handlers
 from supervisor.api.errors import EXCEPTION_HANDLERS, REFUSALS, ApiError, refusal
@@ -84,8 +84,8 @@ class ControlApi:
         ]
 
     async def list_agents(self, request: Request) -> Response:
-        offset = wall_offset()
-        return JSONResponse({"agents": [agent_json(s, offset) for s in self.sup.slots.values()]})
+        agents = agents_json(self.sup.slots.values(), wall_offset(), every=True)
+        return JSONResponse({"agents": agents})
 
     async def get_agent(self, request: Request) -> Response:
         return _agent_answer(self._slot(request.path_params["id"]))
@@ -156,7 +156,7 @@ class ControlApi:
 
 
 def _agent_answer(slot: Slot, status_code: int = 200) -> JSONResponse:
-    return JSONResponse(agent_json(slot, wall_offset()), status_code=status_code)
+    return JSONResponse(agents_json([slot], wall_offset())[0], status_code=status_code)
 
 
 def build_app(sup: Supervisor, guard: Guard, cluster: ClusterMember | None = None) -> ASGIApp:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from supervisor import logs
+from supervisor.usage import read_usage
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -117,6 +118,22 @@ class SupervisorCollector:
             "seconds an in-process agent held the event loop in steps over loop_lag_warning",
             labels=["agent"],
         )
+        cpu = CounterMetricFamily(
+            "supervisor_agent_cpu_seconds",
+            "CPU time of the agent: its current run's processes' user + system time"
+            " (children waited for included); in-process: the time its tasks held the loop",
+            labels=["agent"],
+        )
+        rss = GaugeMetricFamily(
+            "supervisor_agent_memory_rss_bytes",
+            "resident memory of the agent's processes (process agents that run)",
+            labels=["agent"],
+        )
+        for agent_id, usage in read_usage(self.sup.slots.values()).items():
+            cpu.add_metric([agent_id], usage.cpu_seconds)
+            if usage.rss is not None:
+                rss.add_metric([agent_id], usage.rss)
+        yield from (cpu, rss)
         for agent_id, slot in self.sup.slots.items():
             if slot.spec.kind == "in-process":
                 blocked.add_metric([agent_id], slot.blocked)

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from supervisor.api.access import Guard
-from supervisor.api.agent import agent_json, wall_offset
+from supervisor.api.agent import agents_json, wall_offset
 from supervisor.api.errors import ApiError
 from supervisor.api.routing import route
 from supervisor.api.sse import KEEPALIVE_FRAME, event_stream, frame, wait_or_keepalive
@@ -110,7 +110,7 @@ class Observe:
     ) -> AsyncGenerator[str, None]:
         offset = wall_offset()
         if snapshot:
-            agents = [agent_json(slot, offset) for slot in self.sup.slots.values()]
+            agents = agents_json(self.sup.slots.values(), offset, every=True)
             yield frame("snapshot", {"agents": agents}, bus.event_id(cursor - 1))
         while True:
             lost = bus.lost(cursor)

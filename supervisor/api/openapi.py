@@ -100,6 +100,17 @@ _AGENT_SCHEMA = {
             "description": "seconds the agent held the event loop in too long steps"
             " (in-process only)",
         },
+        "cpu": {
+            "type": ["number", "null"],
+            "description": "percent of one core since the previous reading of this agent (the"
+            " first: since its run started); processes: the whole process set, in-process:"
+            " the time its tasks held the loop; null when not running (docs/api.md)",
+        },
+        "rss": {
+            "type": ["integer", "null"],
+            "description": "bytes of memory of the agent's processes; null for in-process"
+            " agents and when not running",
+        },
         "health": {
             "type": ["object", "null"],
             "description": "with a probe or a watchdog: the last check and why health last"

@@ -10,7 +10,7 @@ from typing import Any
 
 from supervisor.escape import escape_text
 
-_COLUMNS = ("ID", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "LAST EXIT", "NOTE")
+_COLUMNS = ("ID", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "CPU", "MEM", "LAST EXIT", "NOTE")
 
 
 def format_table(agents: list[dict[str, Any]], *, now: float) -> str:
@@ -34,6 +34,8 @@ def _row(agent: dict[str, Any], now: float) -> tuple[str, ...]:
         "-" if agent["pid"] is None else str(agent["pid"]),
         str(agent["restarts"]),
         format_duration(now - agent["since"]) if running else "-",
+        "-" if agent.get("cpu") is None else f"{agent['cpu']:.1f}%",
+        format_bytes(agent.get("rss")),
         _last_exit(agent["last_exit"], now),
         _note(agent) if running else agent.get("reason") or "",
     )
@@ -66,6 +68,17 @@ def _last_exit(last: dict[str, Any] | None, now: float) -> str:
     if last.get("killed"):
         how += " (SIGKILL)"
     return f"{how}, {format_duration(now - last['at'])} ago"
+
+
+def format_bytes(count: int | None) -> str:
+    """``812K``, ``34.2M``, ``1.5G`` (binary units, as ``ps`` and pm2 show memory)."""
+    if count is None:
+        return "-"
+    if count < 1 << 20:
+        return f"{count >> 10}K"
+    if count < 1 << 30:
+        return f"{count / (1 << 20):.1f}M"
+    return f"{count / (1 << 30):.1f}G"
 
 
 def format_duration(seconds: float) -> str:

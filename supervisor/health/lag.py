@@ -17,6 +17,11 @@ The instrument is installed when the first in-process agent is added (a supervis
 processes only never pays for it) and stays until the run ends; with
 ``loop_lag_warning = 0`` it is not installed at all. Steps cost nothing while the loop
 sleeps: an idle supervisor still never wakes up.
+
+The same timing gives each in-process agent its CPU time (`supervisor.usage`): the slot's
+life task sets `RUNNING_AGENT` to the slot, every task it and its agent start inherits it
+(trio copies the context into new tasks), and each step of such a task adds its time to
+the slot's `loop_time`: one context lookup per step, no memory per task.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Protocol
 
 import trio
@@ -40,6 +46,11 @@ class Blockable(Protocol):
     spec: AgentSpec
     blocked: float
     blocked_steps: int
+    loop_time: float
+
+
+# The in-process slot whose tasks these are, set by the slot's life task (see above).
+RUNNING_AGENT: ContextVar[Blockable | None] = ContextVar("supervisor_agent", default=None)
 
 
 def agent_of(task: trio.lowlevel.Task) -> str | None:
@@ -91,6 +102,9 @@ class LoopLag(trio.abc.Instrument):
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         held = time.perf_counter() - self._step_started
+        slot = task.context.get(RUNNING_AGENT)
+        if slot is not None:
+            slot.loop_time += held
         if held > self._limit:
             self._held(task, held)
 

@@ -348,6 +348,11 @@ def _close(pidfd: int) -> None:
     os.close(pidfd)
 
 
+def live_runs() -> list[AgentProcesses]:
+    """Every live run (for reading what agents cost, `supervisor.usage`)."""
+    return list(_RUNS)
+
+
 def kill_every_run() -> None:
     """SIGKILL the processes of every live run (a second SIGTERM, shutdown_timeout)."""
     for run in list(_RUNS):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 
 from supervisor import AgentContext
 
@@ -24,3 +25,10 @@ async def crash_once(ctx: AgentContext) -> None:
     if STARTS[ctx.id] == 1:
         raise RuntimeError("first start fails")
     await trio.sleep_forever()
+
+
+async def spinner(ctx: AgentContext) -> None:
+    """Burn CPU in short steps (each well under loop_lag_warning), until stopped."""
+    while True:
+        sum(range(20_000))
+        await trio.lowlevel.checkpoint()

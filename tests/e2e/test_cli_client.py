@@ -141,8 +141,11 @@ def test_status_exit_codes_and_control_commands(tmp_path: Path, sock: Path, clie
         status = run_cli("status", "--api", api)  # the real command, once
         assert status.returncode == 0, status.stderr
         header, *rows = status.stdout.splitlines()
-        assert header.split() == ["ID", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "LAST", "EXIT", "NOTE"]  # fmt: skip
+        assert header.split() == ["ID", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "CPU", "MEM", "LAST", "EXIT", "NOTE"]  # fmt: skip
         table = {row.split()[0]: row.split() for row in rows}
+        assert table["web"][6].endswith("%")  # its CPU, and its memory
+        assert table["web"][7][-1] in "KMG"
+        assert table["off"][6:8] == ["-", "-"]
         assert table["web"][1:3] == ["process", "running"]
         assert table["web"][3] == str(request(sock, "GET", "/agents/web").json()["pid"])
         assert table["once"][2] == "exited"
@@ -319,7 +322,8 @@ def test_the_status_table() -> None:
         {
             "id": "web", "kind": "process", "state": "running", "pid": 42, "restarts": 2,
             "since": now - 75, "last_exit": {"at": now - 80, "signal": "SIGKILL"},
-            "spec": {}, "up": True, "status": "serving", "reason": "",
+            "spec": {}, "up": True, "status": "serving", "reason": "", "cpu": 12.34,
+            "rss": 35_861_299,
         },
         {
             "id": "worker-long-name", "kind": "in-process", "state": "failed", "pid": None,
@@ -329,9 +333,9 @@ def test_the_status_table() -> None:
         },
     ]  # fmt: skip
     assert format_table(agents, now=now).splitlines() == [
-        "ID                KIND        STATE    PID  RESTARTS  UPTIME  LAST EXIT                                         NOTE",
-        "web               process     running  42   2         1m15s   SIGKILL, 1m20s ago                                serving",
-        "worker-long-name  in-process  failed   -    5         -       ValueError: xxxxxxxxxxxxxxxxxxxxxxxxxxx…, 5s ago  gave up after 5 restarts",
+        "ID                KIND        STATE    PID  RESTARTS  UPTIME  CPU    MEM    LAST EXIT                                         NOTE",
+        "web               process     running  42   2         1m15s   12.3%  34.2M  SIGKILL, 1m20s ago                                serving",
+        "worker-long-name  in-process  failed   -    5         -       -      -      ValueError: xxxxxxxxxxxxxxxxxxxxxxxxxxx…, 5s ago  gave up after 5 restarts",
     ]  # fmt: skip
 
 

@@ -102,9 +102,15 @@ def test_the_page_shows_agents_follows_changes_and_stops_one(served: int) -> Non
             expect = playwright_sync.expect
             expect(row.locator(".state")).to_have_text("running", timeout=20_000)
             expect(page.locator('tr[data-id="broken"]')).to_have_class("s-failed")
+            # What it costs: CPU % and RSS of its process (read when the page asks).
+            expect(row.locator("td").nth(6)).to_contain_text("%")
+            expect(row.locator("td").nth(7)).to_contain_text("MiB")
             # A change made elsewhere shows up without a reload.
             assert post(port, "/agents/worker/stop") == 200
             expect(row.locator(".state")).to_have_text("stopped", timeout=20_000)
+            expect(row.locator("td").nth(7)).to_have_text(
+                "\u2013"
+            )  # no process, no memory (an en dash)
             # A button stops an agent.
             page.locator('tr[data-id="web"] button[data-action="stop"]').click()
             wait_until(lambda: state(port, "web") == "stopped", 20, "web stopped by the page")

@@ -44,7 +44,7 @@ JSON = {"content-type": "application/json"}
 CHUNKED = "Transfer-Encoding: chunked"
 AGENT_KEYS = {
     "id", "kind", "source", "state", "pid", "restarts", "since", "last_exit", "spec",
-    "up", "status", "reason", "blocked", "health",
+    "up", "status", "reason", "blocked", "health", "cpu", "rss",
 }  # fmt: skip
 
 
@@ -707,7 +707,7 @@ async def test_an_unexpected_exception_answers_500_as_json_and_is_counted(
 
     with trio.fail_after(10):
         async with open_api(tmp_path) as api:
-            monkeypatch.setattr(supervisor.api.app, "agent_json", broken)
+            monkeypatch.setattr(supervisor.api.app, "agents_json", broken)
             r = await api.http.get("/agents/a")
             assert r.status_code == 500
             assert r.json() == {"error": "internal error: RuntimeError('a bug')"}
