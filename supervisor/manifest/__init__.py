@@ -26,12 +26,14 @@ This module is the public face, and reads the files and `[supervisor]`: every na
 other modules use is imported from here. The work is shared with sibling modules, each
 with one job, each importing only those listed before it:
 
-- `manifest_model`: the attrs models, constants and `ManifestError`;
-- `manifest_convert`: the strict cattrs converter (step 2);
-- `manifest_check`: problems, located, and the rules types do not say (step 3);
-- `manifest_folder`: folder agents;
-- `manifest_agents`: an agent's spec from its layers, the agents of a manifest, `after`;
-- `manifest_schema`: the JSON Schema.
+- `model`: the resolved attrs models, constants and `ManifestError`;
+- `keys`: the tables as a file writes them (`AgentKeys`, `Document`);
+- `convert`: the strict cattrs converter (step 2);
+- `check`: problems, located, and the rules types do not say (step 3);
+- `files`: the one place that reads files;
+- `folder`: folder agents;
+- `agents`: an agent's spec from its layers, the agents of a manifest, `after`;
+- `schema`: the JSON Schema.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from supervisor.manifest.check import (
 from supervisor.manifest.convert import plain, show
 from supervisor.manifest.files import read_text
 from supervisor.manifest.folder import folder_digest, folder_id
+from supervisor.manifest.keys import AgentKeys, Document
 from supervisor.manifest.model import (
     CLUSTER_PATTERN,
     DEFAULT_API,
@@ -72,10 +75,8 @@ from supervisor.manifest.model import (
     ID_PATTERN,
     KIND_KEYS,
     MEMBER_PATTERN,
-    AgentKeys,
     AgentSpec,
     Backoff,
-    Document,
     Kind,
     Manifest,
     ManifestError,

@@ -29,7 +29,8 @@ from supervisor.manifest.check import (
 from supervisor.manifest.convert import did_you_mean, show
 from supervisor.manifest.files import read_text
 from supervisor.manifest.folder import read_folder
-from supervisor.manifest.model import KIND_KEYS, AgentSpec, IncludedDocument, Kind, ManifestError
+from supervisor.manifest.keys import IncludedDocument
+from supervisor.manifest.model import KIND_KEYS, AgentSpec, Kind, ManifestError
 
 
 def read_defaults(

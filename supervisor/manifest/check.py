@@ -25,10 +25,10 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from supervisor.manifest.accounts import account_problems
 from supervisor.manifest.convert import Invalid, converter, did_you_mean, keys_given, show
+from supervisor.manifest.keys import AgentKeys
 from supervisor.manifest.model import (
     ENTRY_PATTERN,
     ID_PATTERN,
-    AgentKeys,
     ManifestError,
     Probe,
     ReadyProbe,

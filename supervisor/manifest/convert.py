@@ -4,7 +4,7 @@ cattrs alone is lenient where a manifest must not be: it would take "1.5" for a 
 true for an int, and a string for an array of its characters. The hooks here accept
 exactly the TOML/JSON types each field allows, and say what they expected, in an
 `Invalid` that cattrs gathers, with the failing value's path, into its error groups
-(`manifest_check.Problems` turns those into located messages).
+(`check.Problems` turns those into located messages).
 
 `keys_given` is the fast way for a large manifest's agents: the same hooks, into a
 plain dict of the keys a table gives, with no model instance and no error located.

@@ -16,12 +16,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 import attrs
 
 from supervisor.manifest.convert import SIGNAL_NAMES, plain
+from supervisor.manifest.keys import AgentKeys, Document
 from supervisor.manifest.model import (
     KIND_KEYS,
-    AgentKeys,
     AgentSpec,
     Backoff,
-    Document,
     Probe,
     ReadyProbe,
     Settings,
