@@ -62,3 +62,16 @@ def no_leaked_processes() -> Iterator[None]:
     while (leaked := _marked()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"processes left running after the tests: {sorted(leaked)}"
+
+
+@pytest.fixture(autouse=True)
+def _no_leader_left_registered() -> Iterator[None]:
+    """A test that ends with an agent leader still registered leaks it into the next
+    ones (a reused pid would be taken for a leader and skipped by containment)."""
+    from supervisor.runners.containment import LEADERS
+
+    before = set(LEADERS)
+    yield
+    leaked = LEADERS - before
+    LEADERS.difference_update(leaked)
+    assert not leaked, f"agent leaders still registered after the test: {sorted(leaked)}"
