@@ -10,10 +10,16 @@ from typing import Any
 
 import pytest
 import trio.testing
+from hypothesis import settings
 
 from supervisor.manifest import AgentSpec
 
 HERE = Path(__file__).parent
+
+# Property tests check behaviour, not speed (speed is benchmarks/'): no per-example
+# deadline, which a loaded 2-core machine would turn into random failures.
+settings.register_profile("supervisor", deadline=None)
+settings.load_profile("supervisor")
 
 
 @pytest.fixture
