@@ -35,6 +35,7 @@ import itertools
 import os
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,11 @@ Mode = Literal["cgroup", "ancestry"]
 LEADERS: set[int] = set()
 _RUNS: set[AgentProcesses] = set()  # live runs, for `kill_every_run`
 _KILL_ROUNDS = 64  # SIGKILL sweeps before giving up on a tree that keeps forking
+# A stop's first look (to send stop_signal) takes our own children as read within this
+# long, so a wave of N stops reads them a few times, not N times (issue 17); what it
+# misses gets the signal when a later, fresh look finds it (`_keep`).
+_ORPHANS_TTL = 0.005
+_orphan_scan: tuple[float, list[int]] = (-1e9, [])
 _KEPT_MAX = 1024  # pidfds a stop keeps per run (beyond, later sweeps find the rest)
 _runs = itertools.count()
 _token = secrets.token_hex(6)
@@ -166,9 +172,10 @@ def _own_cgroup_dir() -> Path:
 def _remove_cgroup(path: Path) -> None:
     """rmdir a cgroup and its (empty) children; what is still populated stays."""
     try:
-        for child in path.iterdir():
-            if child.is_dir():
-                _remove_cgroup(child)
+        with os.scandir(path) as entries:  # kernfs gives the types: no stat per file
+            subgroups = [Path(entry.path) for entry in entries if entry.is_dir()]
+        for child in subgroups:
+            _remove_cgroup(child)
         path.rmdir()
     except OSError:
         pass
@@ -194,6 +201,7 @@ class AgentProcesses:
         # that is dying has no environment left to be recognised by, and must still be
         # waited for (and reaped, if it was re-parented to us).
         self._signalled: dict[int, int] = {}
+        self._sent: tuple[int, ...] = ()  # the signals of the stop under way
 
     def environment(self) -> dict[bytes, bytes]:
         return {RUN_VARIABLE.encode(): self.mark.encode()}
@@ -206,12 +214,19 @@ class AgentProcesses:
         if self.cgroup is None:
             return
         try:
-            (self.cgroup / "cgroup.procs").write_text(str(leader))
-            self._cgroup_line = "0::/" + _cgroup_relative(self.cgroup)
-            # What it forked before the move (a few microseconds) joins it too.
-            with self._snapshot(cgroup=False) as found:
+            procs = str(self.cgroup / "cgroup.procs")
+            _write(procs, str(leader))
+            # What it forked before the move (a few microseconds) joins it too: its
+            # descendants (one that was orphaned in those microseconds too is found by
+            # the run's mark at the stop).
+            found: dict[int, int] = {}
+            try:
+                _descendants(found, [leader])
                 for pid in found:
-                    (self.cgroup / "cgroup.procs").write_text(str(pid))
+                    _write(procs, str(pid))
+            finally:
+                for fd in found.values():
+                    os.close(fd)
         except OSError as exc:
             log.warning("%s: cannot move it into its cgroup (%s); by ancestry", self.agent_id, exc)
             _remove_cgroup(self.cgroup)
@@ -221,6 +236,8 @@ class AgentProcesses:
         """Whether `pid` is one of the run's processes (the leader included)."""
         if pid == self.leader:
             return True
+        if self.cgroup is not None and not self._cgroup_line:  # once, on demand
+            self._cgroup_line = "0::/" + _cgroup_relative(self.cgroup)
         if self._cgroup_line and any(
             line == self._cgroup_line or line.startswith(self._cgroup_line + "/")
             for line in procfs.read(f"/proc/{pid}/cgroup", 4096).splitlines()
@@ -244,38 +261,41 @@ class AgentProcesses:
     def pids(self) -> list[int]:
         """The run's live processes but the leader, now (for messages)."""
         with self._snapshot() as found:
-            return sorted(found)
+            return sorted(found.keys() | self._signalled.keys())
 
-    def signal(self, sig: int) -> None:
-        """Send `sig` to every process of the run but the leader (see `_Child`)."""
-        with self._snapshot() as found:
+    def signal(self, *signals: int) -> None:
+        """Send each of `signals` to every process of the run but the leader (its group
+        is its runner's), and to any found later in this stop (`wait_gone`)."""
+        self._sent = signals
+        with self._snapshot(fresh=False) as found:
             self._keep(found)
-        for fd in self._signalled.values():
-            procfs.send(fd, sig)
+        for sig in signals:
+            for fd in self._signalled.values():
+                procfs.send(fd, sig)
 
-    def kill(self) -> None:
-        """SIGKILL every process of the run (the leader's own group is its runner's)."""
-        if self.cgroup is not None:
-            try:
-                (self.cgroup / "cgroup.kill").write_text("1")
-            except OSError:
-                pass
+    def kill(self) -> bool:
+        """SIGKILL every process of the run but the leader; whether there were any."""
+        self._sent = (signal.SIGKILL,)
         for fd in self._signalled.values():
             procfs.send(fd, signal.SIGKILL)
         killed = set(self._signalled)
         for _ in range(_KILL_ROUNDS):  # until a sweep finds nothing new
             with self._snapshot() as found:
                 new = found.keys() - killed
+                if new and self.cgroup is not None and not killed:
+                    _kill_cgroup(self.cgroup)  # at once, new forks too
                 for pid in new:
                     procfs.send(found[pid], signal.SIGKILL)
                 killed |= new
                 self._keep(found)
             if not new:
-                return
+                return bool(killed)
+        return True
 
     async def wait_gone(self) -> None:
         """Wait until no process of the run (but the leader) is left; reap those that
-        were re-parented to us. Cancellable; the caller bounds it."""
+        were re-parented to us. Cancellable; the caller bounds it. Call it once the
+        leader has exited: what it left is re-parented to us by then."""
         while True:
             with self._snapshot() as found:
                 self._keep(found)
@@ -288,10 +308,13 @@ class AgentProcesses:
                 _close(fd)
 
     def _keep(self, found: dict[int, int]) -> None:
-        """Keep the pidfds of `found` (taken out of it) for the rest of the stop."""
+        """Keep the pidfds of `found` (taken out of it) for the rest of the stop; the
+        newly found get the stop's signals."""
         for pid in list(found):
             if pid not in self._signalled and len(self._signalled) < _KEPT_MAX:
-                self._signalled[pid] = found.pop(pid)
+                fd = self._signalled[pid] = found.pop(pid)
+                for sig in self._sent:
+                    procfs.send(fd, sig)
 
     def close(self) -> None:
         """The leader is reaped: forget it; remove the cgroup if it is empty."""
@@ -304,24 +327,27 @@ class AgentProcesses:
             _remove_cgroup(self.cgroup)
 
     @contextmanager
-    def _snapshot(self, *, cgroup: bool = True) -> Iterator[dict[int, int]]:
-        """{pid: pidfd} of the run's live processes but the leader; pidfds closed after."""
+    def _snapshot(self, *, fresh: bool = True) -> Iterator[dict[int, int]]:
+        """{pid: pidfd} of the run's live processes but the leader; pidfds closed after.
+        Not `fresh`: our own children as read within the last `_ORPHANS_TTL`."""
         found: dict[int, int] = {}
         try:
-            self._collect(found, cgroup=cgroup)
+            self._collect(found, fresh)
             yield found
         finally:
             for fd in found.values():
                 _close(fd)
 
-    def _collect(self, found: dict[int, int], *, cgroup: bool) -> None:
+    def _collect(self, found: dict[int, int], fresh: bool) -> None:
         me = os.getpid()
-        roots = [self.leader]
-        if cgroup and self.cgroup is not None:
+        roots = []
+        if self.cgroup is not None:  # its members: every descendant, wherever it went
             for pid in procfs.cgroup_members(self.cgroup):
-                if pid != self.leader and procfs.open_pidfd(found, pid):
-                    roots.append(pid)
-        for pid in procfs.children(me):  # re-parented orphans: in the leader's group, or marked
+                if pid != self.leader:
+                    procfs.open_pidfd(found, pid)
+        else:
+            roots.append(self.leader)
+        for pid in _orphans(fresh):  # re-parented to us: in the leader's group, or marked
             if pid in LEADERS or pid in found:
                 continue
             stat = procfs.stat(pid)
@@ -333,14 +359,49 @@ class AgentProcesses:
                 found, pid, parent=me
             ):
                 roots.append(pid)
-        while roots:  # and everyone's descendants
-            parent = roots.pop()
-            for pid in procfs.children(parent):
-                if pid not in found and procfs.open_pidfd(found, pid, parent=parent):
-                    roots.append(pid)
+        _descendants(found, roots)
 
     def _marked(self, pid: int) -> bool:
         return self._needle in b"\0" + procfs.read_bytes(f"/proc/{pid}/environ")
+
+
+def _descendants(found: dict[int, int], roots: list[int]) -> None:
+    """Add every live descendant of `roots` to `found` (by ancestry)."""
+    while roots:
+        parent = roots.pop()
+        for pid in procfs.children(parent):
+            if pid not in found and procfs.open_pidfd(found, pid, parent=parent):
+                roots.append(pid)
+
+
+def _orphans(fresh: bool) -> list[int]:
+    """Our children that are not agent leaders (orphans re-parented to us, the keeper),
+    as read within the last `_ORPHANS_TTL` seconds unless `fresh`."""
+    global _orphan_scan
+    now = time.monotonic()
+    at, pids = _orphan_scan
+    if fresh or now - at > _ORPHANS_TTL:
+        # Orphans are re-parented to our main thread (the kernel picks the reaper's
+        # first live thread), so its file alone lists them: one read.
+        me = os.getpid()
+        pids = [pid for pid in procfs.thread_children(me, me) if pid not in LEADERS]
+        _orphan_scan = (now, pids)
+    return pids
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _kill_cgroup(cgroup: Path) -> None:
+    try:
+        _write(str(cgroup / "cgroup.kill"), "1")
+    except OSError:
+        pass
 
 
 def _close(pidfd: int) -> None:

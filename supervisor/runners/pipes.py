@@ -36,10 +36,18 @@ class LineRelay:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._partial = ""
         self.eof = trio.Event()
+        self.chunks = 0  # read so far: whether a drain is still making progress
+        self._reading = False  # waiting for the pipe (not busy relaying what it read)
 
     async def run(self) -> None:
         try:
-            while chunk := await self._stream.receive_some(READ_SIZE):
+            while True:
+                self._reading = True
+                chunk = await self._stream.receive_some(READ_SIZE)
+                self._reading = False
+                if not chunk:
+                    break
+                self.chunks += 1
                 await self._deliver(self._split(self._decoder.decode(chunk)))
             self.eof.set()
         finally:
@@ -65,3 +73,16 @@ class LineRelay:
         if lines:
             self._sink(self._stream_name, lines)
             await relay_lines(self._agent_id, self._stream_name, lines)
+
+    async def drain(self, stalled: float, limit: float) -> None:
+        """Wait for end of file while output still flows: give up once `stalled`
+        seconds pass with nothing read (a process we could not find holds the pipe),
+        or after `limit` seconds in all. A slow relay (a loaded machine, a slow log)
+        is no reason to drop what the agent wrote before it ended."""
+        give_up = trio.current_time() + limit
+        while not self.eof.is_set() and trio.current_time() < give_up:
+            seen = self.chunks
+            with trio.move_on_after(stalled):
+                await self.eof.wait()
+            if self.chunks == seen and self._reading:
+                return

@@ -45,6 +45,7 @@ from supervisor.runners.pipes import LineRelay
 # After everything is SIGKILLed the pipes reach EOF at once, unless a process we could
 # not find still holds them; we stop waiting for that after this long.
 DRAIN_TIMEOUT = 1.0
+DRAIN_LIMIT = 30.0  # ... and however long the output takes to relay, not longer than this
 # SIGKILL cannot be ignored, but a process stuck in the kernel (D state) can delay its
 # death; the shielded cleanup must stay bounded all the same.
 KILL_TIMEOUT = 5.0
@@ -137,6 +138,7 @@ class _Run:
     processes: AgentProcesses
     relays: list[LineRelay]
     notifications: NotifyRelay | None
+    ended: bool = False  # a stop saw every process of the run end within stop_timeout
 
 
 async def _supervise(
@@ -207,7 +209,7 @@ async def _stop(run: _Run) -> bool:
     spec, child = run.spec, run.child
     for sig in (spec.stop_signal, signal.SIGCONT):
         child.signal_group(sig)
-        run.processes.signal(sig)
+    run.processes.signal(spec.stop_signal, signal.SIGCONT)
     began = trio.current_time()
     with trio.move_on_after(spec.stop_timeout) as grace:
         if run.notifications is not None:
@@ -216,6 +218,7 @@ async def _stop(run: _Run) -> bool:
         for line_relay in run.relays:
             await line_relay.eof.wait()
         await run.processes.wait_gone()
+        run.ended = True
     if grace.cancelled_caught:
         others = run.processes.pids()
         log.warning(
@@ -232,16 +235,16 @@ async def _finish(run: _Run) -> None:
     """Kill what is left of the run, reap the leader, drain the output. Bounded."""
     child = run.child
     child.signal_group(signal.SIGKILL)
-    run.processes.kill()
-    with trio.move_on_after(KILL_TIMEOUT):
-        await child.wait_exited()
-        await run.processes.wait_gone()
+    # After a stop that saw them all end there is nothing left to look for (the common
+    # case: a shutdown of N agents reads /proc twice per agent, not five times).
+    if not run.ended and run.processes.kill():
+        with trio.move_on_after(KILL_TIMEOUT):
+            await run.processes.wait_gone()
     with trio.move_on_after(KILL_TIMEOUT):
         await child.wait_exited()
         child.reap()
-    with trio.move_on_after(DRAIN_TIMEOUT):
-        for line_relay in run.relays:
-            await line_relay.eof.wait()
+    for line_relay in run.relays:
+        await line_relay.drain(DRAIN_TIMEOUT, DRAIN_LIMIT)
 
 
 @asynccontextmanager

@@ -58,6 +58,11 @@ def stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0], int(fields[1]), int(fields[2])
 
 
+def thread_children(pid: int, tid: int) -> list[int]:
+    """The children of one thread of `pid`."""
+    return [int(p) for p in read(f"/proc/{pid}/task/{tid}/children", 1 << 20).split()]
+
+
 def children(pid: int) -> list[int]:
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -74,7 +79,8 @@ def children(pid: int) -> list[int]:
 def cgroup_members(cgroup: Path) -> list[int]:
     pids = [int(p) for p in read(str(cgroup / "cgroup.procs"), 1 << 20).split()]
     try:
-        subgroups = [d for d in cgroup.iterdir() if d.is_dir()]
+        with os.scandir(cgroup) as entries:  # kernfs gives the types: no stat per file
+            subgroups = [Path(entry.path) for entry in entries if entry.is_dir()]
     except OSError:
         subgroups = []
     for sub in subgroups:  # an agent with rights to its cgroup may have made some
