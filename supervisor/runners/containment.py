@@ -340,14 +340,16 @@ class AgentProcesses:
 
     def _collect(self, found: dict[int, int], fresh: bool) -> None:
         me = os.getpid()
-        roots = []
         if self.cgroup is not None:  # its members: every descendant, wherever it went
             for pid in procfs.cgroup_members(self.cgroup):
                 if pid != self.leader:
                     procfs.open_pidfd(found, pid)
         else:
-            roots.append(self.leader)
-        for pid in _orphans(fresh):  # re-parented to us: in the leader's group, or marked
+            _descendants(found, [self.leader])
+        # Then what was re-parented to us (after the walk: one re-parented during the
+        # walk is seen here): in the leader's group, or marked.
+        roots = []
+        for pid in _orphans(fresh):
             if pid in LEADERS or pid in found:
                 continue
             stat = procfs.stat(pid)

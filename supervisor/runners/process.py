@@ -215,9 +215,11 @@ async def _stop(run: _Run) -> bool:
         if run.notifications is not None:
             run.notifications.stop_grace = grace
         await child.wait_exited()
+        # The others before the output: one that missed the signal (it was being
+        # re-parented to us as we looked) may hold the pipes; wait_gone signals it.
+        await run.processes.wait_gone()
         for line_relay in run.relays:
             await line_relay.eof.wait()
-        await run.processes.wait_gone()
         run.ended = True
     if grace.cancelled_caught:
         others = run.processes.pids()
