@@ -44,7 +44,7 @@ from typing import Literal
 import trio
 
 from supervisor.logs import log
-from supervisor.runners import procfs
+from supervisor.runners import cgroups, procfs
 
 RUN_VARIABLE = "SUPERVISOR_AGENT_RUN"
 MODE_VARIABLE = "SUPERVISOR_CONTAINMENT"  # "auto" (default), "cgroup" or "ancestry"
@@ -99,7 +99,7 @@ class Containment:
         if wanted == "ancestry":
             return cls(None, f"{MODE_VARIABLE}=ancestry")
         try:
-            return cls(_make_parent_cgroup())
+            return cls(cgroups.make_parent())
         except OSError as exc:
             why = f"no writable cgroup v2: {exc.strerror or exc}"
             if wanted == "cgroup":
@@ -128,57 +128,7 @@ class Containment:
     def close(self) -> None:
         """Remove our (by now empty) parent cgroup. Idempotent."""
         if self.cgroups is not None:
-            _remove_cgroup(self.cgroups)
-
-
-def _make_parent_cgroup() -> Path:
-    """``<our cgroup>/supervisor-PID``, made; OSError if cgroup v2 is not ours to use."""
-    own = _own_cgroup_dir()
-    for stale in own.glob("supervisor-*"):  # left by a supervisor that was SIGKILLed
-        pid = stale.name.removeprefix("supervisor-")
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            _remove_cgroup(stale)
-    parent = own / f"supervisor-{os.getpid()}"
-    parent.mkdir(exist_ok=True)
-    procs = parent / "cgroup.procs"
-    if not (parent / "cgroup.kill").exists():
-        _remove_cgroup(parent)
-        raise OSError(0, "cgroup.kill is missing (Linux 5.14 or later needed)")
-    if not os.access(procs, os.W_OK):
-        _remove_cgroup(parent)
-        raise OSError(0, f"{procs} is not writable")
-    return parent
-
-
-def _own_cgroup_dir() -> Path:
-    """The folder of this process's cgroup v2, from /proc/self/{cgroup,mountinfo}."""
-    own = None
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            own = line[3:]
-    if own is None:
-        raise OSError(0, "not in a cgroup v2 hierarchy")
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        if right.split()[:1] == ["cgroup2"]:
-            fields = left.split()
-            root, mountpoint = fields[3], fields[4].replace("\\040", " ")
-            relative = os.path.relpath(own, root) if own.startswith(root) else None
-            if relative is not None:
-                return Path(os.path.normpath(os.path.join(mountpoint, relative)))
-    raise OSError(0, "cgroup v2 is not mounted")
-
-
-def _remove_cgroup(path: Path) -> None:
-    """rmdir a cgroup and its (empty) children; what is still populated stays."""
-    try:
-        with os.scandir(path) as entries:  # kernfs gives the types: no stat per file
-            subgroups = [Path(entry.path) for entry in entries if entry.is_dir()]
-        for child in subgroups:
-            _remove_cgroup(child)
-        path.rmdir()
-    except OSError:
-        pass
+            cgroups.remove(self.cgroups)
 
 
 class AgentProcesses:
@@ -215,7 +165,7 @@ class AgentProcesses:
             return
         try:
             procs = str(self.cgroup / "cgroup.procs")
-            _write(procs, str(leader))
+            cgroups.write(procs, str(leader))
             # What it forked before the move (a few microseconds) joins it too: its
             # descendants (one that was orphaned in those microseconds too is found by
             # the run's mark at the stop).
@@ -223,13 +173,13 @@ class AgentProcesses:
             try:
                 _descendants(found, [leader])
                 for pid in found:
-                    _write(procs, str(pid))
+                    cgroups.write(procs, str(pid))
             finally:
                 for fd in found.values():
                     os.close(fd)
         except OSError as exc:
             log.warning("%s: cannot move it into its cgroup (%s); by ancestry", self.agent_id, exc)
-            _remove_cgroup(self.cgroup)
+            cgroups.remove(self.cgroup)
             self.cgroup = None
 
     def owns(self, pid: int) -> bool:
@@ -237,7 +187,7 @@ class AgentProcesses:
         if pid == self.leader:
             return True
         if self.cgroup is not None and not self._cgroup_line:  # once, on demand
-            self._cgroup_line = "0::/" + _cgroup_relative(self.cgroup)
+            self._cgroup_line = "0::/" + cgroups.relative(self.cgroup)
         if self._cgroup_line and any(
             line == self._cgroup_line or line.startswith(self._cgroup_line + "/")
             for line in procfs.read(f"/proc/{pid}/cgroup", 4096).splitlines()
@@ -283,7 +233,7 @@ class AgentProcesses:
             with self._snapshot() as found:
                 new = found.keys() - killed
                 if new and self.cgroup is not None and not killed:
-                    _kill_cgroup(self.cgroup)  # at once, new forks too
+                    cgroups.kill(self.cgroup)  # at once, new forks too
                 for pid in new:
                     procfs.send(found[pid], signal.SIGKILL)
                 killed |= new
@@ -324,7 +274,7 @@ class AgentProcesses:
             _close(fd)
         self._signalled.clear()
         if self.cgroup is not None:
-            _remove_cgroup(self.cgroup)
+            cgroups.remove(self.cgroup)
 
     @contextmanager
     def _snapshot(self, *, fresh: bool = True) -> Iterator[dict[int, int]]:
@@ -391,21 +341,6 @@ def _orphans(fresh: bool) -> list[int]:
     return pids
 
 
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _kill_cgroup(cgroup: Path) -> None:
-    try:
-        _write(str(cgroup / "cgroup.kill"), "1")
-    except OSError:
-        pass
-
-
 def _close(pidfd: int) -> None:
     trio.lowlevel.notify_closing(pidfd)
     os.close(pidfd)
@@ -436,10 +371,3 @@ def kill_strays(keep: set[int]) -> int:
             count += 1
             os.close(found[pid])
     return count
-
-
-def _cgroup_relative(cgroup: Path) -> str:
-    """`cgroup`'s path as /proc/PID/cgroup names it (relative to our own's root)."""
-    own = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split("\n", 1)[0]
-    mine = _own_cgroup_dir()
-    return os.path.normpath(os.path.join(own, os.path.relpath(cgroup, mine))).lstrip("/")
