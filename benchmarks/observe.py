@@ -5,7 +5,9 @@ Two sessions of ours per round, run by `run.py` after the in-process round:
 - ``reload``: N in-process agents (``--inproc``), then three 10 % reloads, each of a
   different tenth (1,000 restarts at N = 10,000): with nobody on ``GET /events``, with a
   client reading it as fast as it can, with a client that never reads (its window full from
-  the snapshot on, dropped by the send timeout). The order rotates each round. Each figure is
+  the snapshot on, dropped by the send timeout). Each client is connected and its snapshot
+  built (the reader has received it; the stuck one's first bytes have arrived) before the
+  reload, so the snapshot's cost is not in the reload's figure. The order rotates each round. Each figure is
   the ``POST /reload`` answer, which comes once the reload has converged. The reader also
   gives how many events it received for its reload and whether it was cut off.
 - ``flood``: `FLOOD_AGENTS` process agents running ``yes``, the supervisor's stdout a file:
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import socket
 import sys
@@ -158,7 +161,14 @@ class Subscriber(threading.Thread):
             host = f"Host: 127.0.0.1:{self.port}\r\n"
             self.sock.sendall(f"GET /events HTTP/1.1\r\n{host}{auth}\r\n".encode())
             if not self.read:
-                time.sleep(0.5)  # the server has taken the request (a benchmark, not a test)
+                # Wait for the snapshot's first bytes (it is built whole before they are
+                # sent) by peeking: nothing is read, the socket stays full.
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    select.select([self.sock], [], [], 1)
+                    if b"event: snapshot" in self.sock.recv(4096, socket.MSG_PEEK):
+                        break
+                    time.sleep(0.01)
                 self.ready.set()
                 return
             self._read()

@@ -110,8 +110,13 @@ class Observe:
     ) -> AsyncGenerator[str, None]:
         offset = wall_offset()
         if snapshot:
-            agents = agents_json(self.sup.slots.values(), offset, every=True)
-            yield frame("snapshot", {"agents": agents}, bus.event_id(cursor - 1))
+            # No local keeps the agents' objects: while the client reads (or does not),
+            # the stream holds only the frame's text (10,000 agents: 2 MB, not 10 MB).
+            yield frame(
+                "snapshot",
+                {"agents": agents_json(self.sup.slots.values(), offset, every=True)},
+                bus.event_id(cursor - 1),
+            )
         while True:
             lost = bus.lost(cursor)
             if lost:
