@@ -65,8 +65,25 @@ def show(value: Any) -> str:
     return str(value)
 
 
+_AS_IS = frozenset({str, bool, int, float, type(None)})  # exactly these types (not enums)
+_FIELDS: dict[type, tuple[str, ...]] = {}  # an attrs class's field names, looked up once
+
+
 def plain(value: Any) -> Any:
-    """`value` made of JSON and TOML types only: paths and dates as text, signals by name."""
+    """`value` made of JSON and TOML types only: paths and dates as text, signals by name.
+
+    The common cases are checked by exact type first: ``GET /agents`` renders every
+    agent's spec through it (docs/performance.md)."""
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    if kind is dict:
+        return {str(key): plain(item) for key, item in value.items()}
+    if kind is tuple or kind is list:
+        return [plain(item) for item in value]
+    names = _FIELDS.get(kind)
+    if names is not None:
+        return {name: plain(item) for name in names if (item := getattr(value, name)) is not None}
     if isinstance(value, signal.Signals):
         return value.name
     if value is None or isinstance(value, str | bool | int | float):
@@ -77,12 +94,9 @@ def plain(value: Any) -> Any:
         return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
-    if attrs.has(type(value)):  # a key left out (None: a probe's other kinds) stays out
-        return {
-            field.name: plain(item)
-            for field in attrs.fields(type(value))
-            if (item := getattr(value, field.name)) is not None
-        }
+    if attrs.has(kind):  # a key left out (None: a probe's other kinds) stays out
+        _FIELDS[kind] = tuple(field.name for field in attrs.fields(kind))
+        return plain(value)
     return str(value)  # Path
 
 
