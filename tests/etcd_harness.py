@@ -135,6 +135,7 @@ class EtcdServer:
       tls: serve https only, to clients with a certificate of `tls.ca`.
       host: the address to listen on (inside `netns`, if given).
       netns: a network namespace to run it in (``ip netns exec``).
+      also_on: more addresses it listens on, with the same port.
     """
 
     def __init__(
@@ -144,12 +145,14 @@ class EtcdServer:
         tls: Certs | None = None,
         host: str = "127.0.0.1",
         netns: str | None = None,
+        also_on: tuple[str, ...] = (),
     ) -> None:
         assert ETCD is not None, "etcd is not installed"
         self.data_dir = data_dir
         self.tls = tls
         self.host = host
         self.netns = netns
+        self.also_on = also_on  # more addresses to listen on (same port)
         self.port = 2379 if netns else free_port()
         self.peer_port = 2380 if netns else free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -171,7 +174,8 @@ class EtcdServer:
             ETCD,
             "--name=test",
             f"--data-dir={self.data_dir}",
-            f"--listen-client-urls={self.url}",
+            "--listen-client-urls="
+            + ",".join([self.url, *(self.url.replace(self.host, h) for h in self.also_on)]),
             f"--advertise-client-urls={self.url}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
