@@ -5,7 +5,7 @@ the hub by a veth pair (hub side 10.231.N.1, member side 10.231.N.2): every addr
 inside namespaces this harness made, nothing of the host's network changes, and `close()`
 deletes them all (a namespace's veth ends go with it). `cut(n)` takes member n's link
 down in the hub: its packets to etcd are dropped, as in a partition; `heal(n)` brings it
-back.
+back. Whatever a test leaves running in a namespace is SIGKILLed when it is deleted.
 
 The witness agent (`witness_command`) takes an exclusive ``flock`` on its agent's file in
 a folder shared by every member, then logs its start and its stop: a second copy of the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -103,7 +104,8 @@ class Namespaces:
 
     def __init__(self, members: int) -> None:
         assert IP is not None
-        tag = f"sv{os.getpid() % 100000}x{next(_tags)}"
+        sweep_stale()
+        tag = f"sv{os.getpid()}x{next(_tags)}"
         self.hub = f"{tag}-hub"
         self.names = [f"{tag}-m{n}" for n in range(1, members + 1)]
         self._made: list[str] = []
@@ -147,13 +149,42 @@ class Namespaces:
         self._ip("-n", self.hub, "link", "set", self.links(n)[0], "up")
 
     def close(self) -> None:
+        """Kill whatever still runs in the namespaces, then delete them (their veth ends
+        go with them). Safe to call again; never raises."""
         for ns in reversed(self._made):
+            kill_all_in(ns)
             subprocess.run([IP or "ip", "netns", "del", ns], capture_output=True, check=False)
         self._made.clear()
 
     def _ip(self, *args: str) -> None:
         assert IP is not None
         subprocess.run([IP, *args], check=True, capture_output=True)
+
+
+def sweep_stale() -> None:
+    """Delete the namespaces (and kill what runs in them) of test runs that are gone:
+    a pytest killed outside its fixtures (SIGKILL, a CI timeout) cleans up nothing, so the
+    next run does. Names carry the pid of the run that made them."""
+    listed = subprocess.run([IP or "ip", "netns", "list"], capture_output=True, text=True)
+    for line in listed.stdout.splitlines():
+        found = re.fullmatch(r"sv(\d+)x\d+-(hub|m\d+)", line.split(" ")[0])
+        if found and not _alive(int(found[1])):
+            kill_all_in(found[0])
+            subprocess.run([IP or "ip", "netns", "del", found[0]], capture_output=True)
+
+
+def kill_all_in(ns: str) -> None:
+    """SIGKILL every process in network namespace `ns` (a member, etcd, an agent a test
+    left behind), so that deleting it really ends it: `ip netns del` only drops its name,
+    and a namespace with a process in it lives on, veth and addresses included."""
+    found = subprocess.run(
+        [IP or "ip", "netns", "pids", ns], capture_output=True, text=True, check=False
+    )
+    for pid in found.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 class CpuLoad:

@@ -6,6 +6,7 @@ One etcd serves the module; each test works in a namespace of its own.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import trio
 
 from supervisor.cluster import Compacted, Unavailable, parse_cluster_address
 from supervisor.cluster.coordinator import Batch, Change, EtcdCoordinator, Holder
+from supervisor.cluster.lease import Lifeline, keep_alive_in_thread
 
 from ..etcd_harness import EtcdServer, PausableProxy, free_port, needs_etcd
 
@@ -192,3 +194,39 @@ async def test_a_paused_proxy_answers_nothing_until_resumed(
     finally:
         await c.aclose()
         proxy.close()
+
+
+async def test_the_lease_lives_while_the_loop_is_blocked_for_twice_its_ttl(
+    etcd: EtcdServer,
+) -> None:
+    """Issue 14, case 4 (load tolerance): the supervisor's loop is blocked for twice the
+    ttl, as by a burst of spawns, a big manifest load or API work on saturated cores.
+    The keep-alive runs in a thread with its own loop and etcd connection, so the lease
+    is refreshed all along and still lives afterwards. When the keep-alive was a task of
+    the supervisor's loop it could not run at all meanwhile: the lease expired and the
+    member churned (fence, rejoin, agents moved between members)."""
+    namespace = f"test{next(_namespaces)}"
+
+    def connect() -> EtcdCoordinator:
+        return EtcdCoordinator([etcd.url], namespace, timeout=2.0)
+
+    coord = connect()
+    try:
+        sent = time.monotonic()
+        lease = await coord.grant(3)
+        lifeline = Lifeline(time.monotonic)
+        lifeline.refreshed(sent, lease.ttl)
+        ended: list[tuple[float, str]] = []
+
+        async def keep() -> None:
+            ended.append(await keep_alive_in_thread(connect, lease, sent, lifeline))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep)
+            await trio.sleep(0.1)  # the thread is up
+            time.sleep(2 * lease.ttl)  # noqa: ASYNC251 (the point: the loop is blocked)
+            assert ended == []  # the keep-alive never gave up
+            assert await coord.keepalive(lease) > 0  # etcd still has the lease
+            nursery.cancel_scope.cancel()
+    finally:
+        await coord.aclose()

@@ -341,6 +341,10 @@ async def test_a_join_that_cannot_reach_etcd_keeps_trying(
 async def test_a_start_is_allowed_only_while_the_lease_provably_lives_by_the_clock(
     store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """Issue 14, case 1, deterministically: after a freeze longer than the ttl the key
+    still looks held (the keep-alive has not run yet), and a start must be refused by the
+    clock alone. When holding was a flag only the keep-alive cleared, `holds()` said yes
+    here, and a thawed member started agents on its dead lease."""
     async with trio.open_nursery() as nursery:
         member, _ = await joined(nursery, store)
         assert await member.claim(["web"]) == {"web"}
@@ -379,6 +383,10 @@ async def test_starts_end_half_a_ttl_after_the_last_answered_refresh_was_sent(
 async def test_a_store_that_lost_its_data_is_quiet_for_a_ttl_before_anything_is_claimed(
     store: MemoryCoordinator, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """Issue 14, case 2, deterministically: the store loses its data while m1 runs web;
+    m2, new, must not claim web while m1 may still run it. Without the epoch key and its
+    quiet founding, m2 saw a free key and claimed it at once: a double until m1's next
+    refresh."""
     async with trio.open_nursery() as nursery:
         m1, owner1 = await joined(nursery, store, "m1")
         assert await m1.claim(["web"]) == {"web"}
@@ -430,6 +438,10 @@ async def test_a_member_that_sees_the_epoch_change_stops_everything_at_once(
 async def test_agents_fenced_while_claims_are_in_flight_start_again_after_the_rejoin(
     store: MemoryCoordinator, autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
+    """Issue 14, case 3, deterministically: the lease is lost and the member rejoins
+    while the owner still waits on a claim. Every agent must be claimed and started
+    again. Before, the reconcile queued by the fence saw unchanged specs and did
+    nothing: a and b stayed `stopped` for good."""
     path = tmp_path / "agents.toml"
     body = "".join(f'[agents.{i}]\nentry = "x:y"\n' for i in ("a", "b"))
     path.write_text(body)

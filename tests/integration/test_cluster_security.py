@@ -146,6 +146,10 @@ async def test_without_the_right_credentials_nothing_is_read_or_written(
     error: type[Exception],
     message: str,
 ) -> None:
+    """Issue 14, case 5: etcd was an open door (the client had no TLS and no auth, so
+    anyone who could reach etcd could write the overlay and run a command on a member).
+    A client without etcd's CA, without a client certificate or with a wrong password
+    now gets nothing in."""
     (tmp_path / "wrong").write_text("guess\n")
     keys = {k: (str(certs.other_ca) if v == "OTHER" else v) for k, v in keys.items()}
     c = coordinator(etcd, access(settings(tmp_path, certs, **keys)))
@@ -159,6 +163,8 @@ async def test_without_the_right_credentials_nothing_is_read_or_written(
 async def test_the_role_keeps_a_member_to_its_prefix(
     etcd: EtcdServer, certs: Certs, tmp_path: Path
 ) -> None:
+    """Issue 14, case 5: the RBAC role documented in docs/cluster.md keeps a member's
+    etcd user to its cluster's prefix: writing another cluster's overlay is refused."""
     c = coordinator(etcd, access(settings(tmp_path, certs)), namespace="other")
     try:
         with pytest.raises(Refused, match="permission denied"):
