@@ -8,9 +8,9 @@ down in the hub: its packets to etcd are dropped, as in a partition; `heal(n)` b
 back. Whatever a test leaves running in a namespace is SIGKILLed when it is deleted.
 
 The witness agent (`witness_command`) takes an exclusive ``flock`` on its agent's file in
-a folder shared by every member, then logs its start and its stop: a second copy of the
-agent, on any member, finds the lock taken and records a *double* (``ID.doubles``). The
-kernel does the catching, not a sampler.
+a folder shared by every member, then logs its start ("PID start TIME MEMBER") and its
+stop ("PID stop MEMBER"): a second copy of the agent, on any member, finds the lock taken
+and records a *double* (``ID.doubles``). The kernel does the catching, not a sampler.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ needs_netns = pytest.mark.skipif(
 )
 
 HOLD = """\
-# hold.sh DIR ID: the witness's body, run under its agent's lock.
+# hold.sh DIR ID: the witness's body, run under its agent's lock. The stop line forks
+# nothing: a stop ends every process of the run, a `date` in the trap included.
 echo "$$ start $(date +%s.%N) ${SV_MEMBER:-?}" >> "$1/$2.log"
-trap 'echo "$$ stop $(date +%s.%N) ${SV_MEMBER:-?}" >> "$1/$2.log"; exit 0' TERM
+trap 'echo "$$ stop ${SV_MEMBER:-?}" >> "$1/$2.log"; exit 0' TERM
 sleep 100000 &
 wait
 """
@@ -83,7 +84,10 @@ def running(folder: Path, agent_id: str) -> list[tuple[int, str]]:
     member is $SV_MEMBER of the supervisor that started it)."""
     live: dict[int, str] = {}
     for line in lines(folder / f"{agent_id}.log"):
-        pid, what, _, member = line.split()
+        fields = line.split()  # PID start [TIME] MEMBER, or PID stop MEMBER
+        if len(fields) < 3:
+            continue  # cut short by a kill
+        pid, what, member = fields[0], fields[1], fields[-1]
         if what == "start":
             live[int(pid)] = member
         else:
