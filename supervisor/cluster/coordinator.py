@@ -40,7 +40,8 @@ from typing import Any, Literal, Protocol
 import attrs
 
 from supervisor.cluster import Access, Compacted, Refused, Unavailable
-from supervisor.cluster.etcd import EtcdClient, Event, KeyValue
+from supervisor.cluster.etcd import EtcdClient
+from supervisor.cluster.gateway import Event, KeyValue
 
 __all__ = ["Compacted", "Coordinator", "EtcdCoordinator", "Refused", "Unavailable"]
 
