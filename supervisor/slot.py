@@ -47,9 +47,8 @@ class Slot(AgentSays):
       source: where the agent was declared.
       wait_after: waits for the agents this one is `after` before its first start.
       on_change: called after every state change (sync, must not block).
-      may_start: asked right before every start, the first and each restart (sync, no
-        await between it and the runner): None, or why not; then the slot ends
-        ``stopped`` with that reason and `refused` set (see `supervisor.placement`).
+      may_start: None, or why not: asked before every attempt and by the runner right
+        before its spawn (`may_spawn`); a no ends it ``stopped``, `refused` set.
       events: where its changes of state, reason and pid are published.
     """
 
@@ -188,6 +187,11 @@ class Slot(AgentSays):
 
     # -- the runner's side (Hooks) ----------------------------------------------------
 
+    def may_spawn(self) -> str | None:
+        """`may_start`, before each attempt and as the runner's last step before a spawn."""
+        self.refused = None if self._may_start is None else self._may_start(self.spec.id)
+        return self.refused
+
     def launched(self, pid: int | None) -> None:
         self.pid = pid
         if pid is not None:
@@ -292,12 +296,7 @@ class Slot(AgentSays):
                 self._set("failed", why)
                 return
         policy = RestartPolicy(self.spec)
-        while True:
-            why = None if self._may_start is None else self._may_start(self.spec.id)
-            if why is not None:
-                self.refused = why
-                self._set("stopped", f"not started: {why}")
-                return
+        while self.may_spawn() is None:
             self._set("starting", "")
             if self._stop_outcome is not None:
                 self._stop_outcome = None
@@ -306,6 +305,8 @@ class Slot(AgentSays):
             except trio.Cancelled:  # a stop: keep how the run ended too
                 self._record(self._stop_outcome or Outcome(), stopped=True)
                 raise
+            if self.refused is not None:
+                break  # refused by the runner's last check (may_spawn): nothing ran
             now = trio.current_time()
             self._record(outcome)
             decision = policy.decide(outcome, ran_for=ran_for, now=now)
@@ -316,6 +317,7 @@ class Slot(AgentSays):
             else:
                 self._set("failed" if decision.failed else "exited", decision.reason)
                 return
+        self._set("stopped", f"not started: {self.refused}")
 
     def _record(self, outcome: Outcome, *, stopped: bool = False) -> None:
         self.exits.append(ExitRecord.of(outcome, trio.current_time(), stopped=stopped))

@@ -37,6 +37,11 @@ __all__ = ["Hooks", "Outcome", "Runner"]
 class Hooks(Protocol):
     """What a runner reports to its slot. Sync, never blocking."""
 
+    def may_spawn(self) -> str | None:
+        """None if the run may begin now, else why not (the placement's `may_start`: a
+        cluster lease past its deadline). Asked as the very last step before the spawn,
+        after every await; a refused run starts nothing and returns a failed start."""
+
     def launched(self, pid: int | None) -> None: ...
 
     def ready(self) -> None: ...

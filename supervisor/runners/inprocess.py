@@ -86,6 +86,8 @@ async def run_inprocess(spec: AgentSpec, hooks: Hooks) -> Outcome:
         return Outcome(start_failed=True, error=str(exc))
     # Stopped before it started (the stop came during the import): it never starts.
     await trio.lowlevel.checkpoint_if_cancelled()
+    if (why := hooks.may_spawn()) is not None:  # after the last await: the import's
+        return Outcome(start_failed=True, error=f"not started: {why}")
     # A copy: the agent may change its params, the spec must stay as the manifest says.
     ctx = AgentContext(spec.id, copy.deepcopy(spec.params), spec.stop_timeout, hooks)
     hooks.on_stop(ctx._request_stop)

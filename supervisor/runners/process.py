@@ -110,7 +110,11 @@ async def run_process(
             extra.append({MARK_VARIABLE.encode(): keeper.mark.encode()})
         try:
             env = environment(spec, *extra)
-            child = Child.spawn(spec, env, watchdog_command(spec, env), who)
+            command = watchdog_command(spec, env)
+            if (why := hooks.may_spawn()) is not None:  # the last step before the spawn
+                run.close()
+                return Outcome(start_failed=True, error=f"not started: {why}")
+            child = Child.spawn(spec, env, command, who)
         except (OSError, ValueError) as exc:
             run.close()
             short = isinstance(exc, OSError) and exc.errno in SHORT_OF_FDS

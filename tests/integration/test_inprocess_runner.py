@@ -46,6 +46,11 @@ class Recorder:
     def on_stop(self, callback: Callable[[], None]) -> None:
         self.request_stop = callback
 
+    refuse: str | None = None  # what may_spawn answers
+
+    def may_spawn(self) -> str | None:
+        return self.refuse
+
     def launched(self, pid: int | None) -> None:
         self._add(f"launched {pid}")
 

@@ -21,6 +21,11 @@ from supervisor.manifest import AgentSpec
 from supervisor.owner import Conflict, Supervisor
 from supervisor.placement import LocalPlacement, Placement
 from supervisor.runners import Hooks
+from supervisor.runners.inprocess import run_inprocess
+from supervisor.runners.process import run_process
+from supervisor.slot import Slot
+
+from ..conftest import make_spec
 
 
 class Switch:
@@ -128,3 +133,46 @@ async def test_starts_go_in_groups_each_checked_right_before_it_starts(
         assert switch.settled
         assert switch.settled[0].start == tuple(ids)
         sup.request_shutdown()
+
+
+class DeadlinePassesInSetup:
+    """`may_start` for one agent: yes at the slot's check before an attempt, no from then
+    on, as when the lease's deadline passes while the runner sets the run up (the member
+    paused while it opened the notify socket, or imported a folder agent's files)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def __call__(self, agent_id: str) -> str | None:
+        self.asked += 1
+        return None if self.asked == 1 else "this member's cluster lease is not provably live"
+
+
+@pytest.mark.parametrize("kind", ["process", "in-process"])
+async def test_a_deadline_that_passes_during_the_runners_setup_spawns_nothing(
+    tmp_path: Path, kind: str
+) -> None:
+    """Issue 14, the last window of case 1: between the slot's `may_start` and the spawn
+    the process runner awaits (it binds the agent's notify socket) and the in-process
+    runner imports the entry; a lease deadline passing there used to start the agent on
+    a dead lease anyway. The runner now asks `may_spawn` as its very last step: nothing
+    runs, and the slot ends `stopped`, refused, for the owner to relaunch once allowed."""
+    ran = tmp_path / "ran"
+    if kind == "process":
+        keys: dict[str, Any] = {"command": ["sh", "-c", f"touch {ran}"], "ready": "notify"}
+        runner: Any = run_process
+    else:
+        keys = {"entry": "agents.inproc_agents:returns"}  # run, it would end `exited`
+        runner = run_inprocess
+    may_start = DeadlinePassesInSetup()
+    slot = Slot(make_spec("a", **keys), runner, may_start=may_start)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            slot.launch(nursery)
+            await slot.wait_stopped()
+    assert may_start.asked == 2  # the slot's check, then the runner's last one
+    assert not ran.exists()
+    assert slot.pid is None
+    why = "this member's cluster lease is not provably live"
+    assert (slot.state, slot.refused, slot.reason) == ("stopped", why, f"not started: {why}")
+    assert slot.restarts == 0

@@ -49,6 +49,11 @@ class Recorder:
         self.is_launched = trio.Event()
         self.is_ready = trio.Event()
 
+    refuse: str | None = None  # what may_spawn answers
+
+    def may_spawn(self) -> str | None:
+        return self.refuse
+
     def launched(self, pid: int | None) -> None:
         self.pids.append(pid)
         self.is_launched.set()
