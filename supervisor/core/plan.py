@@ -21,7 +21,7 @@ from supervisor.manifest import AgentSpec
 class Plan:
     """What a reconcile does. Each id of live and desired is in exactly one list."""
 
-    start: tuple[str, ...]  # in desired, not live; in start order
+    start: tuple[str, ...]  # in desired, not live (or live but disabled); in start order
     stop: tuple[str, ...]  # in live, not desired; in stop order
     restart: tuple[str, ...]  # in both, spec changed; in start order
     unchanged: tuple[str, ...]
@@ -38,6 +38,8 @@ def plan(live: Mapping[str, AgentSpec], desired: Mapping[str, AgentSpec]) -> Pla
             start.append(agent_id)
         elif old is spec or old == spec:  # a reload hands back unchanged specs as they were
             unchanged.append(agent_id)
+        elif not old.enabled and spec.enabled:  # nothing ran: it starts, not restarts
+            start.append(agent_id)
         else:
             restart.append(agent_id)
     stop = [i for i in live if i not in desired]

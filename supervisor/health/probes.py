@@ -11,8 +11,8 @@ check never blocks the loop and never takes longer than the probe's `timeout`:
   for https (as Kubernetes' httpGet probes do); any 2xx or 3xx answer passes. The whole
   request is bounded by a trio deadline, not only httpx's per-phase timeouts.
 - ``tcp``: a connection is accepted (and closed at once).
-- ``exec``: a child process in a process group of its own, with the agent's environment
-  and working folder; exit 0 passes. At the timeout, or if the check is cancelled (the
+- ``exec``: a child process in a process group of its own, with the agent's environment,
+  working folder, `user` and `group`; exit 0 passes. At the timeout, or if the check is cancelled (the
   agent stops), the whole group gets SIGKILL and is reaped, so nothing of a hung check is
   left behind.
 """
@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from supervisor.manifest import AgentSpec, Probe
+from supervisor.runners.containment import LEADERS
+from supervisor.runners.launch import identity
 
 if TYPE_CHECKING:
     import httpx
@@ -156,31 +158,84 @@ def _environment(spec: AgentSpec) -> dict[str, str]:
 
 
 async def _exec(command: list[str], spec: AgentSpec, env: dict[str, str]) -> str | None:
+    """Run the check's command once, as the agent's `user`/`group`; None if it exited 0.
+
+    Spawned in the loop and registered in `LEADERS` before any checkpoint, then waited
+    for and reaped by pidfd, like an agent's leader: a subreaper's or PID 1's reaper
+    never takes its exit status (which Popen would then report as 0, a false pass).
+    """
     shown = " ".join(command)
     try:
-        proc = await trio.lowlevel.open_process(
-            command,
-            cwd=str(spec.cwd),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            process_group=0,
-        )
-    except OSError as exc:
-        return f"exec {shown}: cannot start: {(exc.strerror or str(exc)).lower()}"
+        popen = _spawn(command, spec, env)
+    except (OSError, ValueError, KeyError) as exc:
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"exec {shown}: cannot start: {text.lower()}"
+    LEADERS.add(popen.pid)
     try:
-        code = await proc.wait()
+        code = await _wait(popen)
     finally:
-        if proc.returncode is None:  # timed out or cancelled: end the whole check
-            _kill_group(proc.pid)
-            with trio.CancelScope(shield=True):
-                await proc.wait()
+        LEADERS.discard(popen.pid)
     if code == 0:
         return None
     if code < 0:
         return f"exec {shown}: killed by signal {-code}"
     return f"exec {shown}: exit {code}"
+
+
+def _spawn(command: list[str], spec: AgentSpec, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    who = identity(spec)
+    if who is not None:
+        env = {**env, **_decoded(who.env), **spec.env}
+    return subprocess.Popen(
+        command,
+        cwd=str(spec.cwd),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=0,
+        user=None if who is None else who.uid,
+        group=None if who is None else who.gid,
+        extra_groups=None if who is None else list(who.groups),
+    )
+
+
+async def _wait(popen: subprocess.Popen[bytes]) -> int:
+    """Wait for the check's process and reap it (by pidfd). Its group gets SIGKILL once
+    it has exited, or at once if the wait is cancelled (timeout, stop): nothing of a
+    check is left. Returns its code, -N for signal N."""
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except OSError:  # out of descriptors: end it the blocking way
+        _kill_group(popen.pid)
+        return _reap_killed(popen)
+    try:
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            _kill_group(popen.pid)  # its leader unreaped: the group id is still its own
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.wait_readable(pidfd)
+            _reap(popen, pidfd)
+    finally:
+        trio.lowlevel.notify_closing(pidfd)
+        os.close(pidfd)
+    assert popen.returncode is not None
+    return popen.returncode
+
+
+def _reap(popen: subprocess.Popen[bytes], pidfd: int) -> None:
+    info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)  # exited: never blocks
+    assert info is not None
+    popen.returncode = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _reap_killed(popen: subprocess.Popen[bytes]) -> int:
+    return popen.wait()  # SIGKILLed: a moment
+
+
+def _decoded(env: dict[bytes, bytes]) -> dict[str, str]:
+    return {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()}
 
 
 def _kill_group(pgid: int) -> None:

@@ -19,7 +19,9 @@ import trio
 import trio.testing
 
 from supervisor.manifest import Backoff, Probe, ReadyProbe
+from supervisor.runners.containment import LEADERS
 from supervisor.runners.dispatch import make_runner
+from supervisor.signals import reap_orphans
 from supervisor.slot import Slot
 
 from ..conftest import make_spec
@@ -263,3 +265,28 @@ async def test_agents_without_health_keep_nothing_for_it() -> None:
     plain.heartbeat()  # ctx.heartbeat() without a watchdog: nothing happens
     await run_until(plain, lambda: plain.state == "running")
     assert vars(plain).get("_failure") is None
+
+
+async def test_an_exec_probes_exit_is_its_own_under_a_reaper() -> None:
+    # A subreaper (or PID 1) reaps orphans on SIGCHLD, sparing `LEADERS`; a check's
+    # process not registered there could be reaped first, and Popen then reports exit 0:
+    # a failing check would pass.
+    slot = process(
+        "tcp",
+        free_port(),
+        3600,
+        liveness=Probe(exec=("sh", "-c", "exit 3"), period=0.02, failures=5),
+    )
+
+    async def reaper() -> None:
+        while True:
+            reap_orphans(LEADERS)
+            await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reaper)
+        await run_until(slot, lambda: slot.restarts >= 1)
+        nursery.cancel_scope.cancel()
+    assert errors(slot)[0] == "liveness: exec sh -c exit 3: exit 3 5 times"
+    assert slot.health is not None
+    assert slot.health.checks.get(("liveness", "ok"), 0) == 0

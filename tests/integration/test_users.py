@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 from pathlib import Path
@@ -84,3 +85,31 @@ async def test_a_message_from_a_foreign_process_is_ignored(tmp_path: Path) -> No
             nursery.cancel_scope.cancel()
     assert hooks.statuses == ["mine"]
     assert hooks.ready_calls == 0
+
+
+async def test_an_exec_probe_runs_as_the_agents_user(tmp_path: Path) -> None:
+    from supervisor.manifest import ReadyProbe
+    from supervisor.runners.dispatch import make_runner
+    from supervisor.slot import Slot
+
+    nobody = pwd.getpwnam("nobody")
+    check = f'test "$(id -u)" = {nobody.pw_uid} && test "$(id -g)" = {nobody.pw_gid}'
+    agent = AgentSpec(
+        id="u",
+        kind="process",
+        command=("sleep", "3600"),
+        root=tmp_path,
+        cwd=Path("/"),
+        user="nobody",
+        ready=ReadyProbe(exec=("sh", "-c", check + ' && test "$HOME" = ' + nobody.pw_dir)),
+        start_timeout=20,
+    )
+    slot = Slot(agent, make_runner())
+    async with trio.open_nursery() as nursery:
+        slot.launch(nursery)
+        with trio.fail_after(30):
+            while slot.state == "starting":
+                await slot.changed.wait()
+        state = slot.state
+        slot.stop()
+    assert state == "running", slot.health and slot.health.result

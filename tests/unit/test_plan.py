@@ -32,6 +32,12 @@ def test_plan_names_each_change() -> None:
     assert (p.start, p.stop, p.restart, p.unchanged) == (("d",), ("c",), ("b",), ("a",))
 
 
+def test_enabling_a_disabled_agent_starts_it() -> None:
+    live = {"a": make_spec("a", enabled=False)}
+    p = plan(live, {"a": make_spec("a")})
+    assert (p.start, p.restart) == (("a",), ())
+
+
 @given(live=spec_sets(), desired=spec_sets())
 def test_applying_the_plan_yields_desired(
     live: dict[str, AgentSpec], desired: dict[str, AgentSpec]
