@@ -91,10 +91,12 @@ async def test_extend_timeout_usec_extends_the_start(tmp_path: Path) -> None:
 async def test_extend_timeout_usec_extends_a_stop(tmp_path: Path) -> None:
     # Its TERM trap asks for more time, then takes longer than stop_timeout to finish.
     script = (
-        f"trap '{SYSTEMD_NOTIFY} EXTEND_TIMEOUT_USEC=20000000; sleep 1.5; exit 0' TERM; "
+        f"trap '{SYSTEMD_NOTIFY} EXTEND_TIMEOUT_USEC=30000000; sleep 3.5; exit 0' TERM; "
         f"{SYSTEMD_NOTIFY} --ready; while :; do sleep 0.05; done"
     )
-    slot = agent(tmp_path, script, stop_timeout=0.5)
+    # stop_timeout leaves a loaded machine time to run systemd-notify; the trap then
+    # takes longer than that.
+    slot = agent(tmp_path, script, stop_timeout=2)
     async with trio.open_nursery() as nursery:
         slot.launch(nursery)
         await until(slot, lambda: slot.state == "running")
