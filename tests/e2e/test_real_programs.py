@@ -180,15 +180,6 @@ def state_is(sock: Path, agent_id: str, state: str, timeout: float = UP) -> dict
     )
 
 
-def comes_up(sup: SupervisorProcess, sock: Path, agent_id: str, ready_line: str) -> dict[str, Any]:
-    """Wait for `running`; it came through the program's own readiness, after its log says so."""
-    up = state_is(sock, agent_id, "running")
-    out = sup.output()
-    said_ready = out.rfind(ready_line)
-    assert 0 <= said_ready < out.rfind(f"{agent_id}: running"), out
-    return up
-
-
 def restarts_after_sigkill(sock: Path, agent_id: str, folder: Path) -> dict[str, Any]:
     """SIGKILL the main pid: all its processes are gone (PostgreSQL's left its group with
     setsid), a new run is ready, counted as a restart."""
@@ -219,7 +210,7 @@ def stops_cleanly(sup: SupervisorProcess, sock: Path, agent_id: str, folder: Pat
     assert last["stopped"] is True, last
     assert "killed" not in last, last
     assert last.get("code") == 0, last
-    assert f"{agent_id}: stopped (stopped on request)" in sup.output()
+    sup.wait_log(f"{agent_id}: stopped (stopped on request)")
     assert running_in(folder) == []
 
 
@@ -244,8 +235,8 @@ def test_redis_supervised_systemd(tmp_path: Path, home: Path) -> None:
     write(tmp_path / "agents.toml", {"redis": redis})
     sock = home / "api.sock"
     with start_supervisor(tmp_path, sock) as sup:
-        up = comes_up(sup, sock, "redis", "Ready to accept connections")
-        assert redis_ping(port), sup.output()  # at once: running means it serves
+        up = state_is(sock, "redis", "running")
+        assert redis_ping(port), sup.output()  # at once, no retry: running means it serves
         assert up["status"] == "Ready to accept connections"  # its own STATUS=
         assert up["restarts"] == 0
         assert running_in(folder) == [up["pid"]]
@@ -272,8 +263,8 @@ def test_postgres_as_user_postgres(tmp_path: Path, home: Path, pg_template: Path
     write(tmp_path / "agents.toml", {"pg": pg})
     sock = home / "api.sock"
     with start_supervisor(tmp_path, sock) as sup:
-        up = comes_up(sup, sock, "pg", "database system is ready to accept connections")
-        assert psql(port) == "1"  # at once: running means it serves
+        up = state_is(sock, "pg", "running")
+        assert psql(port) == "1"  # at once, no retry: running means it serves
         assert up["restarts"] == 0
         assert up["pid"] in running_in(folder)
         assert len(running_in(folder)) >= 3  # its checkpointer, writers... (each setsid)
@@ -283,16 +274,21 @@ def test_postgres_as_user_postgres(tmp_path: Path, home: Path, pg_template: Path
         assert psql(port) == "1"
 
         stops_cleanly(sup, sock, "pg", folder)
-        assert sup.output().count("database system is shut down") == 1
+        sup.wait_log("database system is shut down")
         assert psql(port).startswith("psql failed")
 
         # Shut down cleanly: the next start needs no recovery.
         assert run_cli("start", "pg", "--api", f"unix:{sock}").returncode == 0
         state_is(sock, "pg", "running")
-        assert "database system was shut down at" in sup.output().rpartition("pg: stopped")[2]
+
+        def since_stop() -> str:
+            return sup.output().rpartition("pg: stopped")[2]
+
+        wait_until(lambda: "database system was shut down at" in since_stop(), UP, "no recovery")
+        assert "not properly shut down" not in since_stop()
         assert psql(port) == "1"
         sigterm_ends_everything(sup, folder)
-        assert sup.output().count("database system is shut down") == 2
+        assert sup.output().count("database system is shut down") == 2, sup.output()
 
 
 @needs_postgres
@@ -310,7 +306,7 @@ def test_postgres_dropping_privileges_itself(tmp_path: Path, home: Path, pg_temp
     sock = home / "api.sock"
     env = {"SUPERVISOR_CONTAINMENT": "ancestry"}
     with start_supervisor(tmp_path, sock, env=env) as sup:
-        up = comes_up(sup, sock, "pg", "database system is ready to accept connections")
+        up = state_is(sock, "pg", "running")
         assert psql(port) == "1"
         assert Path(f"/proc/{up['pid']}").stat().st_uid == pwd.getpwnam("postgres").pw_uid
         restarts_after_sigkill(sock, "pg", folder)
