@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from supervisor.manifest import AgentSpec
-from supervisor.runners import Outcome
+from supervisor.runners import Outcome, procfs
 from supervisor.runners.containment import LEADERS, PR_SET_CHILD_SUBREAPER, Containment
 from supervisor.runners.process import run_process
 
@@ -152,3 +152,36 @@ async def test_the_leader_is_registered_until_it_is_reaped(
     outcome = await run_process(spec, hooks, containment=containment)
     assert outcome == Outcome(code=0)
     assert hooks.pids[0] not in LEADERS
+
+
+async def test_a_leader_dying_during_a_snapshot_leaves_no_orphan_unseen(
+    tmp_path: Path, subreaper: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop signals the leader's group first, so the leader may die while the run's
+    processes are being read from /proc: its setsid child, re-parented to us meanwhile,
+    must still be found (it was missed when our own children were read first)."""
+    monkeypatch.setenv("SUPERVISOR_CONTAINMENT", "ancestry")
+    made = Containment.setup()
+    run = made.open_run("e")
+    env = {**os.environ, **{k.decode(): v.decode() for k, v in run.environment().items()}}
+    command = [sys.executable, ESCAPE, "setsid", str(tmp_path / "pids")]
+    leader = await trio.lowlevel.open_process(command, env=env, process_group=0)
+    run.adopt(leader.pid)
+    (child,) = await trio.to_thread.run_sync(escaped, tmp_path / "pids", 1)
+    real_children = procfs.children
+
+    def leader_dies_after_the_first_read(pid: int) -> list[int]:
+        found = real_children(pid)
+        monkeypatch.setattr(procfs, "children", real_children)
+        leader.send_signal(signal.SIGKILL)
+        os.waitid(os.P_PID, leader.pid, os.WEXITED | os.WNOWAIT)  # a zombie: child re-parented
+        return found
+
+    monkeypatch.setattr(procfs, "children", leader_dies_after_the_first_read)
+    try:
+        assert child in run.pids()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        await leader.wait()
+        run.close()
+        made.close()
