@@ -1,10 +1,15 @@
-"""Every relative link in README.md and docs/ points at a file that exists, and every
-`#anchor` at a heading of the page it names (GitHub's anchor rules)."""
+"""The docs keep up with the code: every relative link in README.md and docs/ points at a
+file that exists, and every `#anchor` at a heading of the page it names (GitHub's anchor
+rules); every key an agent or `[supervisor]` takes has its row in docs/manifest.md."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import attrs
+
+from supervisor.manifest import AgentKeys, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -52,3 +57,11 @@ def test_the_anchor_rules_match_githubs() -> None:
 
 def test_every_relative_link_resolves() -> None:
     assert broken_links() == []
+
+
+def test_every_key_has_its_row_in_the_manifest_docs() -> None:
+    text = (ROOT / "docs" / "manifest.md").read_text()
+    first_cells = re.findall(r"^\| ([^|]*`[^|]*) \|", text, re.M)
+    rows = {key for cell in first_cells for key in re.findall(r"`([a-z_]+)[ =`]", cell)}
+    keys = {field.name for cls in (AgentKeys, Settings) for field in attrs.fields(cls)}
+    assert keys - rows == set()
