@@ -64,9 +64,11 @@ def _last_exit(last: dict[str, Any] | None, now: float) -> str:
     elif "code" in last:
         how = f"code {last['code']}"
     else:
-        how = "stopped"
-    if last.get("killed"):
-        how += " (SIGKILL)"
+        how = ""
+    if last.get("stopped"):  # a stop asked for it: what the run did when told to end
+        how = f"stopped: {how}" if how else "stopped"
+    if last.get("killed"):  # stop_timeout passed: what was left got SIGKILL
+        how += " after stop_timeout" if how.endswith("SIGKILL") else " (SIGKILL after stop_timeout)"
     return f"{how}, {format_duration(now - last['at'])} ago"
 
 

@@ -1,4 +1,5 @@
-"""The status table shows what health checks said about a running agent."""
+"""The status table shows what health checks said about a running agent, and how its
+last run ended."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def test_a_healthy_agent_and_a_blocking_one() -> None:
     ).splitlines()
     assert rows[1].endswith("-")  # nothing to say: the LAST EXIT column ends the row
     assert rows[2].endswith("blocked the loop 1.2s")
+
+
+def test_the_last_exit_says_whether_a_stop_ended_the_run_and_needed_sigkill() -> None:
+    ends = [
+        {"code": 7, "at": 100.0},
+        {"code": 7, "stopped": True, "at": 100.0},
+        {"signal": "SIGTERM", "stopped": True, "at": 100.0},
+        {"signal": "SIGKILL", "stopped": True, "killed": True, "at": 100.0},
+        {"code": 0, "stopped": True, "killed": True, "at": 100.0},
+    ]
+    rows = format_table([agent(state="stopped", pid=None, last_exit=e) for e in ends], now=160.0)
+    assert [row.split("  ")[-1] for row in rows.splitlines()[1:]] == [
+        "code 7, 1m00s ago",
+        "stopped: code 7, 1m00s ago",
+        "stopped: SIGTERM, 1m00s ago",
+        "stopped: SIGKILL after stop_timeout, 1m00s ago",
+        "stopped: code 0 (SIGKILL after stop_timeout), 1m00s ago",  # its daemon needed it
+    ]
