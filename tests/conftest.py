@@ -14,6 +14,8 @@ from hypothesis import settings
 
 from supervisor.manifest import AgentSpec
 
+from .harness import alive
+
 HERE = Path(__file__).parent
 
 # Property tests check behaviour, not speed (speed is benchmarks/'): no per-example
@@ -51,10 +53,8 @@ def _marked() -> list[int]:
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if mark in (proc / "environ").read_bytes():
-                stat = (proc / "stat").read_text()
-                if not stat[stat.rindex(")") + 2 :].startswith(("Z", "X")):
-                    found.append(int(proc.name))
+            if mark in (proc / "environ").read_bytes() and alive(int(proc.name)):
+                found.append(int(proc.name))
         except OSError:
             continue
     return found

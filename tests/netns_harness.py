@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import lines
+from .harness import alive, lines
 
 IP = shutil.which("ip")
 FLOCK = shutil.which("flock")
@@ -92,15 +92,7 @@ def running(folder: Path, agent_id: str) -> list[tuple[int, str]]:
             live[int(pid)] = member
         else:
             live.pop(int(pid), None)
-    return [(pid, member) for pid, member in live.items() if _alive(pid)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
+    return [(pid, member) for pid, member in live.items() if alive(pid)]
 
 
 class Namespaces:
@@ -172,7 +164,7 @@ def sweep_stale() -> None:
     listed = subprocess.run([IP or "ip", "netns", "list"], capture_output=True, text=True)
     for line in listed.stdout.splitlines():
         found = re.fullmatch(r"sv(\d+)x\d+-(hub|m\d+)", line.split(" ")[0])
-        if found and not _alive(int(found[1])):
+        if found and not alive(int(found[1])):
             kill_all_in(found[0])
             subprocess.run([IP or "ip", "netns", "del", found[0]], capture_output=True)
 
