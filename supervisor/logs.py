@@ -117,6 +117,16 @@ async def relay_lines(agent_id: str, stream: str, lines: Sequence[str]) -> None:
     await trio.lowlevel.checkpoint()
 
 
+def write_lines(agent_id: str, stream: str, lines: Sequence[str]) -> None:
+    """`relay_lines` without the checkpoints, for a few lines (a partial last line)."""
+    writer = _writer
+    if writer is not None:
+        writer.relay(agent_id, stream, lines)
+    elif _output.isEnabledFor(logging.INFO):
+        for line in lines:
+            _output.info(line, extra={"agent": agent_id, "stream": stream})
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%H:%M:%S", time.localtime(record.created))

@@ -1,62 +1,99 @@
-"""A child's output pipe, relayed line by line (see `supervisor.runners.process`)."""
+"""Children's output pipes, relayed line by line (see `supervisor.runners.process`).
+
+One task, the `OutputPump`, reads every process agent's stdout and stderr: it waits on
+one epoll descriptor that watches every pipe, reads what is ready without blocking and
+hands it to the pipe's `LineRelay`. An idle pipe costs its relay object and an epoll
+entry, not a task, a stream and a suspended read each (docs/performance.md, "What
+limits ours").
+"""
 
 from __future__ import annotations
 
 import codecs
+import os
+import select
 
 import trio
 
-from supervisor.logs import LineSink, relay_lines
+from supervisor.logs import LineSink, log, relay_lines, write_lines
 from supervisor.output import LINE_LIMIT, cut
 
 # Output is read in chunks this large; a line longer than LINE_LIMIT characters is
 # relayed in pieces of LINE_LIMIT, so a child that never writes a newline costs bounded
 # memory (docs/operations.md, "A flood of output").
 READ_SIZE = 65536
+# Level-triggered, and a hang-up (the writer closed) is seen as readable: EOF.
+_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
 
 
 class LineRelay:
     """Relays one output pipe, line by line, to the agent's recent output and stdout.
 
-    `run` returns at EOF (setting `eof`) or when cancelled; either way it relays every
-    line already read, then a partial last line, and closes the pipe. It reads the next
-    chunk only once the last one is relayed, so a child that outpaces us blocks on its
-    full pipe (as on a slow terminal), and what we hold per pipe is bounded: one chunk
-    of READ_SIZE bytes and a partial line under LINE_LIMIT characters. Writing to our
-    stdout never waits: lines that do not fit its bounded queue are dropped and counted
-    (`supervisor.logs`). Checkpoints between reads and every LINES_PER_STEP lines
-    written through `logging`, so a chatty child cannot hog the loop.
+    The pump reads it: at EOF the relay sets `eof`, delivers a partial last line and
+    closes the pipe; `close()` delivers and closes when the run ends before EOF (a
+    process we could not find still holds the pipe). The pump reads the next chunk of a pipe only once the
+    last one is relayed, so a child that outpaces us blocks on its full pipe (as on a slow
+    terminal), and what we hold per pipe is bounded: one chunk of READ_SIZE bytes and a
+    partial line under LINE_LIMIT characters. Writing to our stdout never waits: lines
+    that do not fit its bounded queue are dropped and counted (`supervisor.logs`). The
+    pump checkpoints after every chunk and every LINES_PER_STEP lines written through
+    `logging`, so chatty children cannot hog the loop.
     """
+
+    __slots__ = (
+        "_agent_id",
+        "_busy",
+        "_decoder",
+        "_ended",
+        "_fd",
+        "_partial",
+        "_sink",
+        "_stream_name",
+        "chunks",
+        "eof",
+    )
 
     def __init__(self, agent_id: str, stream: str, fd: int, sink: LineSink) -> None:
         self._agent_id = agent_id
         self._stream_name = stream
-        self._stream = trio.lowlevel.FdStream(fd)
+        self._fd = fd  # -1 once closed
         self._sink = sink
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._decoder: codecs.IncrementalDecoder | None = None  # made by the first chunk
         self._partial = ""
-        self.eof = trio.Event()
+        self.eof = False  # end of file was read
+        self._ended: trio.Event | None = None  # made by the first `wait_eof`
         self.chunks = 0  # read so far: whether a drain is still making progress
-        self._reading = False  # waiting for the pipe (not busy relaying what it read)
+        self._busy = False  # relaying what it read (not waiting for the pipe)
 
-    async def run(self) -> None:
+    def start(self) -> None:
+        """Have the pump read the pipe (OSError if epoll cannot watch one more)."""
+        _pump().add(self)
+
+    async def _read(self) -> None:
+        """The pipe is readable (or hung up): relay one chunk, or end at EOF."""
         try:
-            while True:
-                self._reading = True
-                chunk = await self._stream.receive_some(READ_SIZE)
-                self._reading = False
-                if not chunk:
-                    break
-                self.chunks += 1
-                await self._deliver(self._split(self._decoder.decode(chunk)))
-            self.eof.set()
-        finally:
-            last = self._partial + self._decoder.decode(b"", final=True)
-            if last:
-                self._partial = ""
-                with trio.CancelScope(shield=True):
-                    await self._deliver(cut(last))
-            self._stream.close()
+            chunk = os.read(self._fd, READ_SIZE)
+        except BlockingIOError:
+            return  # someone else's readiness (a reused descriptor number)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._set_eof()
+            self.close()
+            return
+        self.chunks += 1
+        if self._decoder is None:
+            self._decoder = _utf8("replace")
+        lines = self._split(self._decoder.decode(chunk))
+        if lines:
+            self._busy = True
+            try:
+                self._sink(self._stream_name, lines)
+                await relay_lines(self._agent_id, self._stream_name, lines)
+            finally:
+                self._busy = False
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _split(self, text: str) -> list[str]:
         lines = (self._partial + text).split("\n")
@@ -69,10 +106,41 @@ class LineRelay:
         self._partial = partial
         return lines
 
-    async def _deliver(self, lines: list[str]) -> None:
-        if lines:
+    def close(self) -> None:
+        """Stop reading: relay the partial last line, close the pipe. Idempotent."""
+        if self._fd < 0:
+            return
+        self._abandon()
+        last = self._partial
+        if self._decoder is not None:
+            last += self._decoder.decode(b"", final=True)
+        self._partial = ""
+        if last:
+            lines = cut(last)
             self._sink(self._stream_name, lines)
-            await relay_lines(self._agent_id, self._stream_name, lines)
+            write_lines(self._agent_id, self._stream_name, lines)
+
+    def _abandon(self) -> None:
+        """Close the pipe without relaying anything more."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            if (pump := _current.get(None)) is not None:
+                pump.remove(fd)
+            os.close(fd)
+
+    def _set_eof(self) -> None:
+        self.eof = True
+        if self._ended is not None:
+            self._ended.set()
+
+    async def wait_eof(self) -> None:
+        """Return once end of file was read (at once if it was)."""
+        if self.eof:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._ended is None:
+            self._ended = trio.Event()
+        await self._ended.wait()
 
     async def drain(self, stalled: float, limit: float) -> None:
         """Wait for end of file while output still flows: give up once `stalled`
@@ -80,9 +148,81 @@ class LineRelay:
         or after `limit` seconds in all. A slow relay (a loaded machine, a slow log)
         is no reason to drop what the agent wrote before it ended."""
         give_up = trio.current_time() + limit
-        while not self.eof.is_set() and trio.current_time() < give_up:
+        while not self.eof and self._fd >= 0 and trio.current_time() < give_up:
             seen = self.chunks
             with trio.move_on_after(stalled):
-                await self.eof.wait()
-            if self.chunks == seen and self._reading:
+                await self.wait_eof()
+            if self.chunks == seen and not self._busy:
                 return
+
+
+class OutputPump:
+    """The one task that reads every output pipe of this trio run. It starts with the
+    first pipe and ends with the last, so a supervisor without process agents has none."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._relays: dict[int, LineRelay] = {}
+        self._closed = False
+
+    def add(self, relay: LineRelay) -> None:
+        try:
+            os.set_blocking(relay._fd, False)
+            self._epoll.register(relay._fd, _EVENTS)
+        except OSError:
+            if not self._relays:
+                self._close()
+            raise
+        self._relays[relay._fd] = relay
+
+    def remove(self, fd: int) -> None:
+        if self._relays.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+            if not self._relays:
+                self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if _current.get(None) is self:
+                _current.set(None)
+            trio.lowlevel.notify_closing(self._epoll)
+            self._epoll.close()
+
+    async def run(self) -> None:
+        try:
+            while not self._closed:
+                try:
+                    await trio.lowlevel.wait_readable(self._epoll)
+                except trio.ClosedResourceError:
+                    return  # the last pipe closed while we waited
+                if self._closed:
+                    return
+                for fd, _ in self._epoll.poll(0):
+                    # The relay may have closed since (then the dict no longer has it).
+                    if (relay := self._relays.get(fd)) is not None:
+                        await self._read(relay)
+        finally:
+            self._close()
+
+    @staticmethod
+    async def _read(relay: LineRelay) -> None:
+        try:
+            await relay._read()
+        except Exception:  # a bug in a sink must not end everyone's output
+            log.exception("relaying the output of %s failed", relay._agent_id)
+            relay._set_eof()
+            relay._abandon()
+
+
+_utf8 = codecs.getincrementaldecoder("utf-8")
+_current: trio.lowlevel.RunVar[OutputPump | None] = trio.lowlevel.RunVar("output_pump")
+
+
+def _pump() -> OutputPump:
+    pump = _current.get(None)
+    if pump is None:
+        pump = OutputPump()
+        _current.set(pump)
+        trio.lowlevel.spawn_system_task(pump.run, name="supervisor output pump")
+    return pump

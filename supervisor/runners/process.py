@@ -18,8 +18,8 @@ and flush a partial last line. Only then is the group unregistered from the `Kee
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import TypeVarTuple
 
 import attrs
@@ -34,6 +34,7 @@ from supervisor.runners.containment import AgentProcesses, Containment
 from supervisor.runners.launch import (
     SHORT_OF_FDS,
     Child,
+    Identity,
     environment,
     identity,
     notify_socket_error,
@@ -90,47 +91,48 @@ async def run_process(
         who = identity(spec)
     except (ValueError, KeyError, OSError) as exc:
         return Outcome(start_failed=True, error=f"cannot start {spec.command[0]!r}: {exc}")
+    if spec.ready != "notify" and spec.watchdog <= 0:
+        return await _supervise(spec, hooks, who, None, keeper, containment)
     async with AsyncExitStack() as stack:
         try:
-            notify = await stack.enter_async_context(_maybe_notify_socket(spec))
+            notify = await stack.enter_async_context(open_notify_socket(spec.id))
         except OSError as exc:
             return Outcome(
                 start_failed=True,
                 error=notify_socket_error(exc, spec),
                 short_of_resources=exc.errno in SHORT_OF_FDS,
             )
-        run = (containment or _ANCESTRY).open_run(spec.id)
-        extra = [run.environment()]
-        if who is not None:
-            extra.insert(0, who.env)
-        if notify is not None:
-            extra.append({b"NOTIFY_SOCKET": notify.path.encode()})
-            extra.append(watchdog_environment(spec))
-        if keeper is not None:
-            extra.append({MARK_VARIABLE.encode(): keeper.mark.encode()})
-        try:
-            env = environment(spec, *extra)
-            command = watchdog_command(spec, env)
-            if (why := hooks.may_spawn()) is not None:  # the last step before the spawn
-                run.close()
-                return Outcome(start_failed=True, error=f"not started: {why}")
-            child = Child.spawn(spec, env, command, who)
-        except (OSError, ValueError) as exc:
-            run.close()
-            short = isinstance(exc, OSError) and exc.errno in SHORT_OF_FDS
-            return Outcome(
-                start_failed=True, error=start_error(exc, spec), short_of_resources=short
-            )
-        run.adopt(child.pid)  # before any checkpoint: no reaper may take it first
-        if keeper is not None:
-            keeper.register(child.pid)
-        try:
-            return await _supervise(spec, hooks, child, run, notify)
-        finally:
-            child.close()
-            run.close()
-            if keeper is not None:
-                keeper.unregister(child.pid)
+        return await _supervise(spec, hooks, who, notify, keeper, containment)
+
+
+def _launch(
+    spec: AgentSpec,
+    hooks: Hooks,
+    who: Identity | None,
+    notify: NotifySocket | None,
+    keeper: Keeper | None,
+    run: AgentProcesses,
+) -> Child | Outcome:
+    """Spawn the leader, or say why not. Sync, so that the environment built for the
+    spawn is garbage once it returns, not kept for as long as the child runs."""
+    assert spec.command
+    extra = [run.environment()]
+    if who is not None:
+        extra.insert(0, who.env)
+    if notify is not None:
+        extra.append({b"NOTIFY_SOCKET": notify.path.encode()})
+        extra.append(watchdog_environment(spec))
+    if keeper is not None:
+        extra.append({MARK_VARIABLE.encode(): keeper.mark.encode()})
+    try:
+        env = environment(spec, *extra)
+        command = watchdog_command(spec, env)
+        if (why := hooks.may_spawn()) is not None:  # the last step before the spawn
+            return Outcome(start_failed=True, error=f"not started: {why}")
+        return Child.spawn(spec, env, command, who)
+    except (OSError, ValueError) as exc:
+        short = isinstance(exc, OSError) and exc.errno in SHORT_OF_FDS
+        return Outcome(start_failed=True, error=start_error(exc, spec), short_of_resources=short)
 
 
 @attrs.define
@@ -148,48 +150,88 @@ class _Run:
 async def _supervise(
     spec: AgentSpec,
     hooks: Hooks,
-    child: Child,
-    processes: AgentProcesses,
+    who: Identity | None,
     notify: NotifySocket | None,
+    keeper: Keeper | None,
+    containment: Containment | None,
 ) -> Outcome:
-    """Watch `child` until it exits or we are cancelled; end it either way.
+    """Spawn the leader and watch it until it exits or we are cancelled; end it either way.
 
-    The helper tasks (output relays, notification relay) run shielded and are stopped
-    explicitly: a stopping agent's output is still relayed, and no helper ever raises
-    Cancelled into the nursery, so a stop leaves as the bare `trio.Cancelled` it came
-    in as rather than wrapped in an exception group.
+    The output pipes are read by the one `OutputPump` (a stopping agent's output is
+    still relayed); the notification relay, if any, is a helper task that runs shielded
+    and is stopped explicitly once the run has ended, so a stop leaves as the bare
+    `trio.Cancelled` it came in as rather than wrapped in an exception group.
     """
+    processes = (containment or _ANCESTRY).open_run(spec.id)
+    child = _launch(spec, hooks, who, notify, keeper, processes)
+    if isinstance(child, Outcome):
+        processes.close()
+        return child
+    processes.adopt(child.pid)  # before any checkpoint: no reaper may take it first
+    if keeper is not None:
+        keeper.register(child.pid)
     relays = [
         LineRelay(spec.id, "stdout", child.stdout_fd, hooks.output),
         LineRelay(spec.id, "stderr", child.stderr_fd, hooks.output),
     ]
-    relay = None if notify is None else NotifyRelay(spec.id, hooks, processes.owns)
-    run = _Run(spec, child, processes, relays, relay)
-    stop_request: trio.Cancelled | None = None
-    killed = False
-    async with trio.open_nursery() as nursery:
-        helpers = [_start_shielded(nursery, line_relay.run) for line_relay in relays]
+    run = _Run(spec, child, processes, relays, None)
+    try:
         try:
-            hooks.launched(child.pid)
-            if spec.ready != "notify":
-                hooks.ready()
-            if relay is not None:
-                assert notify is not None
-                helpers.append(_start_shielded(nursery, relay.run, notify))
-            await child.wait_exited()
-        except trio.Cancelled as cancelled:
-            stop_request = cancelled
-            with trio.CancelScope(shield=True):
-                killed = await _stop(run)
-        finally:
+            for line_relay in relays:
+                line_relay.start()
+        except OSError as exc:  # short of descriptors for the pump: undo the spawn
+            for line_relay in relays:
+                line_relay.close()
             with trio.CancelScope(shield=True):
                 await _finish(run)
-            for scope in helpers:
-                scope.cancel()
+            short = exc.errno in SHORT_OF_FDS
+            return Outcome(
+                start_failed=True, error=start_error(exc, spec), short_of_resources=short
+            )
+        if notify is None:
+            stop_request, killed = await _watch(run, hooks)
+        else:
+            run.notifications = relay = NotifyRelay(spec.id, hooks, processes.owns)
+            async with trio.open_nursery() as nursery:
+                helper = _start_shielded(nursery, relay.run, notify)
+                try:
+                    stop_request, killed = await _watch(run, hooks)
+                finally:
+                    helper.cancel()
+    finally:
+        child.close()
+        processes.close()
+        if keeper is not None:
+            keeper.unregister(child.pid)
     if stop_request is not None:
         hooks.stopped(attrs.evolve(child.outcome, killed=killed))
         raise stop_request
     return child.outcome
+
+
+async def _watch(run: _Run, hooks: Hooks) -> tuple[trio.Cancelled | None, bool]:
+    """Wait for the leader's exit or a stop, then end the run (shielded): the stop
+    that came, if one did, and whether it needed SIGKILL."""
+    child = run.child
+    stop_request: trio.Cancelled | None = None
+    killed = False
+    try:
+        hooks.launched(child.pid)
+        if run.spec.ready != "notify":
+            hooks.ready()
+        await child.wait_exited()
+    except trio.Cancelled as cancelled:
+        stop_request = cancelled
+        with trio.CancelScope(shield=True):
+            killed = await _stop(run)
+    finally:
+        try:
+            with trio.CancelScope(shield=True):
+                await _finish(run)
+        finally:
+            for line_relay in run.relays:
+                line_relay.close()
+    return stop_request, killed
 
 
 def _start_shielded(
@@ -223,7 +265,7 @@ async def _stop(run: _Run) -> bool:
         # re-parented to us as we looked) may hold the pipes; wait_gone signals it.
         await run.processes.wait_gone()
         for line_relay in run.relays:
-            await line_relay.eof.wait()
+            await line_relay.wait_eof()
         run.ended = True
     if grace.cancelled_caught:
         others = run.processes.pids()
@@ -251,12 +293,3 @@ async def _finish(run: _Run) -> None:
         child.reap()
     for line_relay in run.relays:
         await line_relay.drain(DRAIN_TIMEOUT, DRAIN_LIMIT)
-
-
-@asynccontextmanager
-async def _maybe_notify_socket(spec: AgentSpec) -> AsyncIterator[NotifySocket | None]:
-    if spec.ready != "notify" and spec.watchdog <= 0:
-        yield None
-        return
-    async with open_notify_socket(spec.id) as notify:
-        yield notify
