@@ -22,7 +22,6 @@ from supervisor import logs
 from supervisor import manifest as mf
 from supervisor.api.access import ApiConfigError
 from supervisor.api.serve import BoundApi, bind_api, serve_bound
-from supervisor.cluster import Joining, joining
 from supervisor.keeper import Keeper
 from supervisor.logs import log
 from supervisor.owner import Supervisor
@@ -31,6 +30,7 @@ from supervisor.runners.dispatch import make_runner
 from supervisor.signals import handle_signals, is_pid1
 
 if TYPE_CHECKING:
+    from supervisor.cluster import Joining
     from supervisor.cluster.member import ClusterMember
     from supervisor.placement import Placement
 
@@ -72,7 +72,7 @@ def run_main(
         gc.set_threshold(50_000, 20, 100)
         address = m.settings.api if api is None else api
         try:
-            join = joining(m.settings, cluster, member, etcd_access)
+            join = _joining(m.settings, cluster, member, etcd_access)
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return EXIT_INVALID
@@ -172,6 +172,21 @@ def _write_termination_log(message: str) -> None:
             TERMINATION_LOG.write_text(message + "\n")
         except OSError:
             pass  # not writable: stdout has it
+
+
+def _joining(
+    settings: mf.Settings,
+    cluster: str | None,
+    member: str | None,
+    etcd_access: Mapping[str, str] | None,
+) -> Joining | None:
+    """`supervisor.cluster.joining`, imported only for a cluster (its models are built at
+    import: time before the first spawn that running alone need not pay)."""
+    if not (settings.cluster if cluster is None else cluster):
+        return None
+    from supervisor.cluster import joining
+
+    return joining(settings, cluster, member, etcd_access)
 
 
 def _member(join: Joining) -> ClusterMember:

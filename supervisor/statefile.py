@@ -20,8 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from supervisor import manifest as mf
 from supervisor.logs import log
 from supervisor.manifest import ManifestError
@@ -42,6 +40,8 @@ def read(path: Path) -> dict[str, dict[str, Any]]:
 
 def encode(agents: Mapping[str, dict[str, Any]]) -> bytes:
     """The file's bytes for `agents`. Raises TypeError/ValueError for what TOML cannot hold."""
+    import tomli_w  # here: a start that never writes the file does not load it (nor datetime)
+
     return tomli_w.dumps({"agents": dict(agents)}).encode()
 
 

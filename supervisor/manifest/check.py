@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import re
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -292,6 +291,8 @@ def _probe_problems(probe: Probe, where: Where) -> list[tuple[str, str]]:
     if len(given) != 1:
         return [(where(), kinds_message(given, kinds))]
     if probe.http is not None:
+        import urllib.parse  # here: most manifests have no http probe
+
         url = urllib.parse.urlsplit(probe.http)
         if url.scheme not in ("http", "https") or not url.hostname:
             message = f'must be an "http://" or "https://" URL with a host, not {show(probe.http)}'

@@ -14,15 +14,13 @@ plain dict of the keys a table gives, with no model instance and no error locate
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
-import shlex
 import signal
+import sys
 import types
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal, TypedDict, Union, get_args, get_origin
 
 import attrs
@@ -43,6 +41,8 @@ class Invalid(ValueError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A hint naming the choice closest to `word`, or "" if none is close."""
+    import difflib  # here: only a manifest with a mistake needs it
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean {show(close[0])}?" if close else ""
 
@@ -88,7 +88,9 @@ def plain(value: Any) -> Any:
         return value.name
     if value is None or isinstance(value, str | bool | int | float):
         return value
-    if isinstance(value, datetime | date | time):
+    if isinstance(value, PurePath):
+        return str(value)
+    if _is_datetime(value):
         return value.isoformat()
     if isinstance(value, dict):
         return {str(key): plain(item) for key, item in value.items()}
@@ -97,7 +99,13 @@ def plain(value: Any) -> Any:
     if attrs.has(kind):  # a key left out (None: a probe's other kinds) stays out
         _FIELDS[kind] = tuple(field.name for field in attrs.fields(kind))
         return plain(value)
-    return str(value)  # Path
+    return str(value)
+
+
+def _is_datetime(value: Any) -> bool:
+    """A TOML date, time or date-time (made by the datetime module: loaded if there is one)."""
+    module = sys.modules.get("datetime")
+    return module is not None and isinstance(value, module.datetime | module.date | module.time)
 
 
 # --- The hooks: types checked strictly ------------------------------------------------
@@ -168,6 +176,8 @@ def _command_hook(_: Any, converter: cattrs.Converter) -> Callable[[Any, Any], A
         if value is None:
             return None
         if isinstance(value, str):
+            import shlex  # here: most commands are arrays
+
             try:
                 command = tuple(shlex.split(value))
             except ValueError as e:

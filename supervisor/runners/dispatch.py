@@ -11,7 +11,6 @@ from supervisor.keeper import Keeper
 from supervisor.manifest import AgentSpec
 from supervisor.runners import Hooks, Runner
 from supervisor.runners.containment import Containment
-from supervisor.runners.inprocess import run_inprocess
 from supervisor.runners.process import run_process
 
 
@@ -19,9 +18,16 @@ def make_runner(keeper: Keeper | None = None, containment: Containment | None = 
     """The runner that dispatches on an agent's kind; process groups go to `keeper`,
     and processes are contained as `containment` says (by ancestry if None)."""
 
+    inprocess: Runner | None = None
+
     async def run_agent(spec: AgentSpec, hooks: Hooks) -> Outcome:
+        nonlocal inprocess
         if spec.kind == "process":
             return await run_process(spec, hooks, keeper=keeper, containment=containment)
-        return await run_inprocess(spec, hooks)
+        if inprocess is None:  # at the first in-process agent: processes start without it
+            from supervisor.runners.inprocess import run_inprocess
+
+            inprocess = run_inprocess
+        return await inprocess(spec, hooks)
 
     return run_agent
