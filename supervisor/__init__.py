@@ -6,9 +6,10 @@ and the other client commands do not pay for trio (docs/api.md#the-cli-client).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not `typing`'s: the CLI client does not import typing (3 ms)
 if TYPE_CHECKING:
+    from typing import Any
+
     from supervisor.context import AgentContext
 
 __version__ = "0.1.0"

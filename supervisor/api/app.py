@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from supervisor.api.access import Guard
-from supervisor.api.agent import agents_json, not_ready, wall_offset
+from supervisor.api.agent import Fields, agents_json, not_ready, parse_fields, wall_offset
 from supervisor.api.body import DrainUnreadBody, read_json_object
 from supervisor.api.cluster import cluster_handlers
 from supervisor.api.errors import EXCEPTION_HANDLERS, REFUSALS, ApiError, refusal
@@ -84,11 +84,13 @@ class ControlApi:
         ]
 
     async def list_agents(self, request: Request) -> Response:
-        agents = agents_json(self.sup.slots.values(), wall_offset(), every=True)
+        fields = parse_fields(request.query_params.getlist("fields"))
+        agents = agents_json(self.sup.slots.values(), wall_offset(), every=True, fields=fields)
         return JSONResponse({"agents": agents})
 
     async def get_agent(self, request: Request) -> Response:
-        return _agent_answer(self._slot(request.path_params["id"]))
+        fields = parse_fields(request.query_params.getlist("fields"))
+        return _agent_answer(self._slot(request.path_params["id"]), fields=fields)
 
     async def load(self, request: Request) -> Response:
         table = await read_json_object(request)
@@ -155,8 +157,9 @@ class ControlApi:
             raise refusal(exc) from None
 
 
-def _agent_answer(slot: Slot, status_code: int = 200) -> JSONResponse:
-    return JSONResponse(agents_json([slot], wall_offset())[0], status_code=status_code)
+def _agent_answer(slot: Slot, status_code: int = 200, fields: Fields | None = None) -> JSONResponse:
+    agent = agents_json([slot], wall_offset(), fields=fields)[0]
+    return JSONResponse(agent, status_code=status_code)
 
 
 def build_app(sup: Supervisor, guard: Guard, cluster: ClusterMember | None = None) -> ASGIApp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor import manifest as mf
+from supervisor.api.agent import FIELDS
 from supervisor.api.openapi_observe import OBSERVE_PATHS, OBSERVE_SCHEMAS
 
 # prometheus-client's text format (its CONTENT_TYPE_PLAIN_0_0_4), without importing it
@@ -27,10 +28,14 @@ def _ref(name: str) -> dict[str, Any]:
 def _answers(ok: tuple[str, str, str], *errors: int) -> dict[str, Any]:
     """Responses: the success (code, description, schema name), then error codes."""
     code, description, schema = ok
-    out: dict[str, Any] = {code: {"description": description, **_body(_ref(schema))}}
-    for status in errors:
-        out[str(status)] = {"description": _ERROR_TEXT[status], **_body(_ref("Error"))}
-    return out
+    return {code: {"description": description, **_body(_ref(schema))}, **_errors(*errors)}
+
+
+def _errors(*errors: int) -> dict[str, Any]:
+    return {
+        str(status): {"description": _ERROR_TEXT[status], **_body(_ref("Error"))}
+        for status in errors
+    }
 
 
 _ERROR_TEXT = {
@@ -53,6 +58,34 @@ _ID = {
 }
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 _STRINGS = {"type": "array", "items": {"type": "string"}}
+
+
+_FIELDS = {
+    "name": "fields",
+    "in": "query",
+    "description": "only these keys of each AGENT (spec.KEY: that key of its spec); the "
+    "others are not computed (docs/api.md#get-agents)",
+    "style": "form",
+    "explode": False,
+    "schema": {"type": "array", "items": {"enum": list(FIELDS)}, "minItems": 1},
+}
+
+
+def _read(ok: tuple[str, str, str], *errors: int) -> dict[str, Any]:
+    """Responses of a read of agents that takes ``?fields=``: its answer is the schema
+    `ok[2]`, or with fields ``{ok[2]}Fields``; then 400 (a bad field), then `errors`."""
+    code, description, schema = ok
+    return {
+        code: {
+            "description": f"{description} (with fields: only those keys)",
+            **_body({"anyOf": [_ref(schema), _ref(schema + "Fields")]}),
+        },
+        "400": {
+            "description": "fields names no field of an agent (the message lists them)",
+            **_body(_ref("Error")),
+        },
+        **_errors(*errors),
+    }
 
 
 def _control(action: str) -> dict[str, Any]:
@@ -140,7 +173,8 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "every agent",
                 "operationId": "listAgents",
-                "responses": _answers(("200", "the agents", "AgentList")),
+                "parameters": [_FIELDS],
+                "responses": _read(("200", "the agents", "AgentList")),
             },
             "post": {
                 "summary": "load an agent; answers once it is running",
@@ -156,8 +190,8 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "one agent",
                 "operationId": "getAgent",
-                "parameters": [_ID],
-                "responses": _answers(("200", "the agent", "Agent"), 404),
+                "parameters": [_ID, _FIELDS],
+                "responses": _read(("200", "the agent", "Agent"), 404),
             },
             "delete": {
                 "summary": "unload an agent loaded over the API; answers after its cleanup",
@@ -252,6 +286,13 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "required": ["agents"],
                 "properties": {"agents": {"type": "array", "items": _ref("Agent")}},
+            },
+            # ?fields=: each AGENT with only the keys asked (spec: only its keys asked)
+            "AgentFields": {"type": "object", "properties": _AGENT_SCHEMA["properties"]},
+            "AgentListFields": {
+                "type": "object",
+                "required": ["agents"],
+                "properties": {"agents": {"type": "array", "items": _ref("AgentFields")}},
             },
             "LoadRequest": {
                 "type": "object",

@@ -6,14 +6,19 @@ see `runtime_dirs`), the way Jupyter does; the CLI, run by the same user, finds 
 another user of the machine, who cannot read the file, cannot drive the API
 (docs/api.md#who-may-change-things).
 
-Standard library only: the CLI client imports this, and must stay light.
+Standard library only: the CLI client imports this, and must stay light: `read_token`
+works on strings, so that the client imports no `pathlib` (nor the `urllib.parse` and
+`fnmatch` it loads: 3 ms of each command); the server's side, which writes, does.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+
+TYPE_CHECKING = False  # not `typing`'s, as in supervisor/__init__.py
+if TYPE_CHECKING:
+    from pathlib import Path
 
 RUNTIME_ENV = "SUPERVISOR_RUNTIME_DIR"
 
@@ -26,30 +31,39 @@ def runtime_dirs() -> list[Path]:
     """Where a token may be kept, in the order tried: ``$SUPERVISOR_RUNTIME_DIR`` alone
     when set; else ``$XDG_RUNTIME_DIR/supervisor``, ``~/.local/state/supervisor`` and
     ``/tmp/supervisor-UID`` (for a user with no writable home, as in a container)."""
+    from pathlib import Path
+
+    return [Path(folder) for folder in _runtime_folders()]
+
+
+def _runtime_folders() -> list[str]:
     given = os.environ.get(RUNTIME_ENV, "").strip()
     if given:
-        return [Path(given)]
+        return [given]
     folders = []
     xdg = os.environ.get("XDG_RUNTIME_DIR", "").strip()
     if xdg:
-        folders.append(Path(xdg) / "supervisor")
-    try:
-        folders.append(Path.home() / ".local" / "state" / "supervisor")
-    except (RuntimeError, KeyError):  # no home at all
-        pass
-    folders.append(Path("/tmp") / f"supervisor-{os.geteuid()}")
+        folders.append(os.path.join(xdg, "supervisor"))
+    home = os.path.expanduser("~")
+    if home != "~":  # else no home at all
+        folders.append(os.path.join(home, ".local", "state", "supervisor"))
+    folders.append(f"/tmp/supervisor-{os.geteuid()}")
     return folders
 
 
 def token_path(port: int, folder: Path) -> Path:
     """Where the supervisor serving TCP port `port` keeps its token in `folder`."""
-    return folder / f"api-{port}.token"
+    return folder / _token_name(port)
 
 
-def private(path: Path, *, folder: bool) -> str | None:
+def _token_name(port: int) -> str:
+    return f"api-{port}.token"
+
+
+def private(path: str | Path, *, folder: bool) -> str | None:
     """Why `path` is not private to this user (owned by another uid, or open to group or
     others), or None when it is."""
-    info = path.lstat()
+    info = os.lstat(path)
     kind = stat.S_ISDIR if folder else stat.S_ISREG
     if not kind(info.st_mode):
         return f"{path} is not a {'folder' if folder else 'regular file'}"
@@ -113,12 +127,13 @@ def remove_token(path: Path, token: str) -> None:
 def read_token(port: int) -> str | None:
     """The token of this user's supervisor on TCP `port`, or None if there is none to
     trust (no file, or one that another user could have written)."""
-    for folder in runtime_dirs():
-        path = token_path(port, folder)
+    for folder in _runtime_folders():
+        path = os.path.join(folder, _token_name(port))
         try:
             if private(path, folder=False) or private(folder, folder=True):
                 continue
-            token = path.read_text().strip()
+            with open(path, "rb") as file:
+                token = file.read().decode().strip()
         except (OSError, UnicodeDecodeError):
             continue
         if token:

@@ -13,113 +13,137 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Any
 
 from supervisor import __version__
 from supervisor.cli.client import DEFAULT_API, ClientError, print_error
-from supervisor.cli.local import DEFAULT_MANIFEST
 
+COMMANDS = (
+    *("run", "check", "schema"),
+    *("status", "reload", "start", "stop", "restart", "logs", "events"),
+)
 CLIENT_EXITS = (
     "2 also when no supervisor answers, or it refuses the request (a missing or wrong "
     "token: $SUPERVISOR_TOKEN), or it is shutting down."
 )
 
+TYPE_CHECKING = False  # see supervisor/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `only` of that one alone (`main`: so that
+    ``supervisor status`` does not build the ten other commands' parsers, 2-3 ms)."""
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
     parser = argparse.ArgumentParser(
         prog="supervisor",
         description="A trio-native supervisor for long-running agents.",
         epilog="Run `supervisor COMMAND --help` for a command's options and exit codes.",
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"supervisor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _command(
-        sub,
-        "run",
-        "run the agents of a manifest in the foreground",
-        "exit codes: 0 stopped by SIGTERM or SIGINT; 2 the manifest is invalid, or the API "
-        "cannot be served (bad address, address in use, unusable token file): nothing "
-        "started; 3 a critical agent failed (everything else was stopped first).",
-        "supervisor.cli.local:cmd_run",
-    )
-    _manifest_argument(p)
-    p.add_argument(
-        "--api",
-        default=None,
-        help='API address: "HOST:PORT", "unix:/path", or "" for none '
-        f"(default: the manifest's [supervisor] api, else {DEFAULT_API})",
-    )
-    p.add_argument("--watch", action="store_true", help="reload when the manifest's folder changes")
-    p.add_argument(
-        "--cluster",
-        default=None,
-        help='share the manifest with other supervisors: "etcd://HOST:PORT[,HOST:PORT...]"',
-    )
-    p.add_argument(
-        "--member", default=None, help="this supervisor's name in the cluster (default: host name)"
-    )
-    for flag, meaning in (
-        ("--etcd-ca", "CA certificate etcd's must be signed by (TLS)"),
-        ("--etcd-cert", "client certificate to present to etcd (TLS, with --etcd-key)"),
-        ("--etcd-key", "private key of --etcd-cert"),
-        ("--etcd-user", "etcd user to authenticate as (with --etcd-password-file)"),
-        ("--etcd-password-file", "file holding the etcd user's password"),
-    ):
-        p.add_argument(flag, default=None, help=meaning + "; overrides the manifest")
-    p.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default="text",
-        help="text: one readable line per event (default); json: one JSON object per line",
-    )
-    p.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="the least severe messages shown (default: INFO; any case)",
-    )
+    if wanted("run"):
+        p = _command(
+            sub,
+            "run",
+            "run the agents of a manifest in the foreground",
+            "exit codes: 0 stopped by SIGTERM or SIGINT; 2 the manifest is invalid, or the API "
+            "cannot be served (bad address, address in use, unusable token file): nothing "
+            "started; 3 a critical agent failed (everything else was stopped first).",
+            "supervisor.cli.local:cmd_run",
+        )
+        _manifest_argument(p)
+        p.add_argument(
+            "--api",
+            default=None,
+            help='API address: "HOST:PORT", "unix:/path", or "" for none '
+            f"(default: the manifest's [supervisor] api, else {DEFAULT_API})",
+        )
+        p.add_argument(
+            "--watch", action="store_true", help="reload when the manifest's folder changes"
+        )
+        p.add_argument(
+            "--cluster",
+            default=None,
+            help='share the manifest with other supervisors: "etcd://HOST:PORT[,HOST:PORT...]"',
+        )
+        p.add_argument(
+            "--member",
+            default=None,
+            help="this supervisor's name in the cluster (default: host name)",
+        )
+        for flag, meaning in (
+            ("--etcd-ca", "CA certificate etcd's must be signed by (TLS)"),
+            ("--etcd-cert", "client certificate to present to etcd (TLS, with --etcd-key)"),
+            ("--etcd-key", "private key of --etcd-cert"),
+            ("--etcd-user", "etcd user to authenticate as (with --etcd-password-file)"),
+            ("--etcd-password-file", "file holding the etcd user's password"),
+        ):
+            p.add_argument(flag, default=None, help=meaning + "; overrides the manifest")
+        p.add_argument(
+            "--log-format",
+            choices=["text", "json"],
+            default="text",
+            help="text: one readable line per event (default); json: one JSON object per line",
+        )
+        p.add_argument(
+            "--log-level",
+            default="INFO",
+            type=str.upper,
+            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+            help="the least severe messages shown (default: INFO; any case)",
+        )
 
-    p = _command(
-        sub,
-        "check",
-        "validate a manifest",
-        "exit codes: 0 valid; 2 invalid (every error goes to stderr, located).",
-        "supervisor.cli.local:cmd_check",
-    )
-    _manifest_argument(p)
+    if wanted("check"):
+        p = _command(
+            sub,
+            "check",
+            "validate a manifest",
+            "exit codes: 0 valid; 2 invalid (every error goes to stderr, located).",
+            "supervisor.cli.local:cmd_check",
+        )
+        _manifest_argument(p)
 
-    _command(
-        sub,
-        "schema",
-        "print the manifest's JSON Schema",
-        "exit codes: 0 printed.",
-        "supervisor.cli.local:cmd_schema",
-    )
+    if wanted("schema"):
+        _command(
+            sub,
+            "schema",
+            "print the manifest's JSON Schema",
+            "exit codes: 0 printed.",
+            "supervisor.cli.local:cmd_schema",
+        )
 
-    p = _client_command(
-        sub,
-        "status",
-        "show the agents of a running supervisor",
-        "exit codes: 0 every enabled agent (or ID) is running or exited ok; 1 an agent is "
-        f"not, or there is no agent ID; {CLIENT_EXITS}",
-        "supervisor.cli.control:cmd_status",
-        timeout=10.0,
-    )
-    p.add_argument("id", nargs="?", help="only this agent")
-    p.add_argument("--json", action="store_true", help="print the API's AGENT objects")
+    if wanted("status"):
+        p = _client_command(
+            sub,
+            "status",
+            "show the agents of a running supervisor",
+            "exit codes: 0 every enabled agent (or ID) is running or exited ok; 1 an agent is "
+            f"not, or there is no agent ID; {CLIENT_EXITS}",
+            "supervisor.cli.control:cmd_status",
+            timeout=10.0,
+        )
+        p.add_argument("id", nargs="?", help="only this agent")
+        p.add_argument("--json", action="store_true", help="print the API's AGENT objects")
 
-    _client_command(
-        sub,
-        "reload",
-        "reconcile with the manifest file now",
-        "exit codes: 0 reloaded; 1 reloaded, but an agent failed to start; 2 the manifest is "
-        f"invalid (nothing changed); {CLIENT_EXITS}",
-        "supervisor.cli.control:cmd_reload",
-    )
+    if wanted("reload"):
+        _client_command(
+            sub,
+            "reload",
+            "reconcile with the manifest file now",
+            "exit codes: 0 reloaded; 1 reloaded, but an agent failed to start; 2 the manifest is "
+            f"invalid (nothing changed); {CLIENT_EXITS}",
+            "supervisor.cli.control:cmd_reload",
+        )
 
     for action in ("start", "stop", "restart"):
+        if not wanted(action):
+            continue
         done = "has stopped" if action == "stop" else "is running"
         p = _client_command(
             sub,
@@ -131,31 +155,66 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("id", help="the agent's id")
 
-    p = _client_command(
-        sub,
-        "logs",
-        "print an agent's recent output; -f follows it",
-        "exit codes: 0 printed (with -f: the agent was removed, the supervisor stopped, or "
-        f"Ctrl-C); 1 there is no agent ID; {CLIENT_EXITS}",
-        "supervisor.cli.observe:cmd_logs",
-        timeout=10.0,
-    )
-    p.add_argument("id", help="the agent's id")
-    p.add_argument(
-        "-n", "--lines", type=_lines, default=100, help="how many recent lines (default: 100)"
-    )
-    p.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come")
+    if wanted("logs"):
+        p = _client_command(
+            sub,
+            "logs",
+            "print an agent's recent output; -f follows it",
+            "exit codes: 0 printed (with -f: the agent was removed, the supervisor stopped, or "
+            f"Ctrl-C); 1 there is no agent ID; {CLIENT_EXITS}",
+            "supervisor.cli.observe:cmd_logs",
+            timeout=10.0,
+        )
+        p.add_argument("id", help="the agent's id")
+        p.add_argument(
+            "-n", "--lines", type=_lines, default=100, help="how many recent lines (default: 100)"
+        )
+        p.add_argument(
+            "-f", "--follow", action="store_true", help="then print new lines as they come"
+        )
 
-    p = _client_command(
-        sub,
-        "events",
-        "print the supervisor's events as they happen, until Ctrl-C",
-        f"exit codes: 0 the stream ended (the supervisor stopped) or Ctrl-C; {CLIENT_EXITS}",
-        "supervisor.cli.observe:cmd_events",
-        timeout=10.0,
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    if wanted("events"):
+        p = _client_command(
+            sub,
+            "events",
+            "print the supervisor's events as they happen, until Ctrl-C",
+            f"exit codes: 0 the stream ended (the supervisor stopped) or Ctrl-C; {CLIENT_EXITS}",
+            "supervisor.cli.observe:cmd_events",
+            timeout=10.0,
+        )
+        p.add_argument("--json", action="store_true", help="one JSON object per event")
     return parser
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, with the terminal's width found once: argparse makes a formatter
+    for every argument added, and each asked `shutil` (whose import loads zlib, bz2 and
+    lzma: 3 ms of every command) for the terminal size."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _help_width())
+
+
+_WIDTH: list[int] = []
+
+
+def _help_width() -> int:
+    """`shutil.get_terminal_size`'s columns, less 2, as argparse's default."""
+    if not _WIDTH:
+        columns = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 0
+        _WIDTH.append((columns or 80) - 2)
+    return _WIDTH[0]
 
 
 def _lines(text: str) -> int:
@@ -166,13 +225,15 @@ def _lines(text: str) -> int:
 
 def _command(sub: Any, name: str, help_text: str, exits: str, run: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=help_text, epilog=exits
+        name, help=help_text, description=help_text, epilog=exits, formatter_class=_Formatter
     )
     p.set_defaults(run=run)
     return p
 
 
 def _manifest_argument(p: argparse.ArgumentParser) -> None:
+    from supervisor.cli.local import DEFAULT_MANIFEST  # (pathlib: not for client commands)
+
     p.add_argument(
         "manifest",
         nargs="?",
@@ -202,7 +263,9 @@ def _client_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
     module, _, function = args.run.partition(":")
     run = getattr(importlib.import_module(module), function)
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 
 from supervisor.cli.client import (
     EXIT_OK,
@@ -23,6 +22,10 @@ from supervisor.cli.client import (
 )
 from supervisor.cli.control import connect
 from supervisor.escape import escape_text
+
+TYPE_CHECKING = False  # see supervisor/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def shown(text: str) -> str:

@@ -6,11 +6,19 @@ agent's STATUS or exception text cannot drive the terminal or add a row.
 
 from __future__ import annotations
 
-from typing import Any
-
 from supervisor.escape import escape_text
 
 _COLUMNS = ("ID", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "CPU", "MEM", "LAST EXIT", "NOTE")
+# What the table (and `supervisor status`'s exit code: `up`) reads of each AGENT: asked for
+# with ?fields=, the answer leaves out each spec, most of a full answer (docs/api.md).
+FIELDS = (
+    "id,kind,state,pid,restarts,since,cpu,rss,last_exit,status,reason,health,blocked,up,"
+    "spec.enabled"
+)
+
+TYPE_CHECKING = False  # see supervisor/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def format_table(agents: list[dict[str, Any]], *, now: float) -> str:

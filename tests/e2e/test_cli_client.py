@@ -7,6 +7,7 @@ checks their output and exit codes (docs/operations.md, README). Agents are `sle
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -297,6 +298,53 @@ def test_a_corrupt_state_file_is_reported_and_set_aside(
 
 
 # -- the client's pieces ------------------------------------------------------------
+
+
+# What a client command does not load (docs/performance.md): each is milliseconds of every
+# command's start. http.client loads email and ssl; typing 3 ms; pathlib loads urllib.parse
+# and fnmatch; shutil (argparse's terminal width) zlib, bz2 and lzma; encodings.idna is
+# getaddrinfo's codec for a str host name.
+NOT_IN_A_CLIENT = [
+    *("http.client", "email", "ssl", "typing", "pathlib", "urllib.parse", "ipaddress"),
+    *("shutil", "encodings.idna", "trio", "supervisor.manifest", "supervisor.cli.local"),
+]
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["status", "--json"], ["stop", "x"], ["logs", "x"]]
+)
+def test_client_commands_load_only_what_they_use(command: list[str]) -> None:
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['supervisor', *{command!r}, '--api', '127.0.0.1:1']\n"
+        "try:\n"
+        "    runpy.run_module('supervisor', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        f"    print(exit.code, sorted(m for m in {NOT_IN_A_CLIENT!r} if m in sys.modules))\n"
+    )
+    # -S: no site-packages, whose .pth files (the editable install's) would load pathlib;
+    # the client needs nothing but the standard library.
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert (out.stdout, out.returncode) == ("2 []\n", 0), out.stderr  # 2: nobody listens
+
+
+def test_a_command_builds_its_own_parser_alone_and_the_same() -> None:
+    """`main` builds only the parser of the command it runs (`build_parser(only)`)."""
+
+    def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(sub.choices)
+
+    every = commands(cli.build_parser())
+    assert tuple(every) == cli.COMMANDS
+    for name in cli.COMMANDS:
+        alone = commands(cli.build_parser(name))
+        assert list(alone) == [name]
+        assert alone[name].format_help() == every[name].format_help()
 
 
 def test_the_api_address_comes_from_the_option_then_the_environment(

@@ -120,6 +120,12 @@ def test_the_page_shows_agents_follows_changes_and_stops_one(served: int) -> Non
             # An agent's recent output on click.
             page.locator('tr[data-id="broken"] td').first.click()
             expect(page.locator("#log-lines")).to_contain_text("cannot connect", timeout=20_000)
+            # CPU and RSS are refreshed (every 5 s) with them alone, not every agent whole.
+            refresh = lambda r: r.url.partition("/agents")[2].startswith("?")  # noqa: E731
+            with page.expect_response(refresh, timeout=20_000) as answered:
+                pass
+            assert answered.value.url.endswith("/agents?fields=id,cpu,rss")
+            assert {tuple(a) for a in answered.value.json()["agents"]} == {("id", "cpu", "rss")}
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
             phone = browser.new_page(viewport={"width": 390, "height": 700})

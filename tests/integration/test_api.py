@@ -702,7 +702,7 @@ async def test_an_unexpected_exception_answers_500_as_json_and_is_counted(
 ) -> None:
     import supervisor.api.app
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
     with trio.fail_after(10):

@@ -3,13 +3,17 @@ answers exactly the bytes a test gives: lengths, chunks, and broken answers."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 
-from supervisor.cli.client import Api, ClientError
+from supervisor import cli
+from supervisor.cli.client import Api, ClientError, quote
+from supervisor.cli.table import FIELDS
 
 
 @pytest.fixture
@@ -103,3 +107,46 @@ def test_nobody_listening_is_a_client_error() -> None:
         port = s.getsockname()[1]
     with pytest.raises(ClientError, match="cannot reach a supervisor"):
         Api(f"127.0.0.1:{port}", timeout=5).request("GET", "/agents")
+
+
+def test_status_asks_for_its_columns_only(server, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The table reads a few keys of each agent, so it asks for those (no specs: most of
+    a full answer's bytes and of the server's work); --json prints whole AGENTs."""
+    api, answers, seen = server
+    monkeypatch.setenv("SUPERVISOR_TOKEN", "t")
+    agents = [
+        {"id": "web", "kind": "process", "state": "running", "pid": 7, "restarts": 0,
+         "since": 1.0, "cpu": 1.5, "rss": 4096, "last_exit": None, "status": "", "reason": "",
+         "health": None, "blocked": None, "up": True, "spec": {"enabled": True}},
+        {"id": "off", "kind": "process", "state": "stopped", "pid": None, "restarts": 0,
+         "since": 1.0, "cpu": None, "rss": None, "last_exit": None, "status": "",
+         "reason": "disabled", "health": None, "blocked": None, "up": False,
+         "spec": {"enabled": False}},
+    ]  # fmt: skip
+    for answer in ({"agents": agents}, {"agents": agents}, agents[0]):
+        body = json.dumps(answer).encode()
+        answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert cli.main(["status", "--api", api.address]) == 0  # `off` is not meant to run
+    rows = [row.split() for row in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[:3] for row in rows] == [["web", "process", "running"], ["off", "process", "disabled"]]  # fmt: skip
+    assert cli.main(["status", "--json", "--api", api.address]) == 0
+    assert json.loads(capsys.readouterr().out) == {"agents": agents}
+    assert cli.main(["status", "web/1", "--api", api.address]) == 0
+    assert [request.split(b"\r\n")[0].decode() for request in seen] == [
+        f"GET /agents?fields={FIELDS} HTTP/1.1",
+        "GET /agents HTTP/1.1",
+        f"GET /agents/web%2F1?fields={FIELDS} HTTP/1.1",
+    ]
+
+
+def test_a_host_name_is_resolved(server) -> None:  # type: ignore[no-untyped-def]
+    api, answers, seen = server
+    answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    port = api.address.rpartition(":")[2]
+    assert Api(f"localhost:{port}", timeout=10).request("GET", "/healthz").status == 200
+    assert f"Host: localhost:{port}".encode() in seen[0]
+
+
+@pytest.mark.parametrize("text", ["web", "../reload?", "a b/c%", "é€", "\x00\u202e", "-_.~", ""])
+def test_ids_are_quoted_as_urllib_quotes_them(text: str) -> None:
+    assert quote(text) == urllib.parse.quote(text, safe="")
