@@ -1,4 +1,4 @@
-"""The HTTP control API: Starlette on hypercorn's trio worker (docs/api.md).
+"""The HTTP control API: Starlette on our HTTP/1.1 server (h11, trio) (docs/api.md).
 
 `serve` runs it; `app` holds the routes; `agent` the AGENT shape; `access` the address,
 token and request rules; `body` reading bodies; `errors` JSON answers; `openapi` the

@@ -1,4 +1,4 @@
-"""The HTTP control API (docs/api.md): Starlette on hypercorn's trio worker.
+"""The HTTP control API (docs/api.md): Starlette on our HTTP/1.1 server (`api.server`).
 
 The API changes nothing itself. Reads (`GET /agents`, `/readyz`, `/metrics`) look at
 `Supervisor.slots` directly: they are sync, and the table only changes between the
@@ -10,7 +10,7 @@ This module is the app: the routes and their handlers. Around it (see
 `supervisor.api`): `agent` (the AGENT shape), `access` (the address, the token and the
 loopback rule), `body` (reading and checking request bodies), `errors` (every failure
 answers JSON; a request the API refuses never reaches the owner, so it changes nothing),
-`openapi`, `metrics`, `cluster` and `serve` (hypercorn).
+`openapi`, `metrics`, `cluster` and `serve` (the server: `server`, `http11`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp
 
 from supervisor.api.access import Guard
 from supervisor.api.agent import Fields, agents_json, not_ready, parse_fields, wall_offset
-from supervisor.api.body import DrainUnreadBody, read_json_object
+from supervisor.api.body import read_json_object
 from supervisor.api.cluster import cluster_handlers
 from supervisor.api.errors import EXCEPTION_HANDLERS, REFUSALS, ApiError, refusal
 from supervisor.api.metrics import RequestCounts, SupervisorCollector
@@ -178,5 +178,4 @@ def build_app(sup: Supervisor, guard: Guard, cluster: ClusterMember | None = Non
     )
     # `/reload/` is a 404, not a 307 to a Location built from the Host header.
     app.router.redirect_slashes = False
-    # Outside Starlette's own error handling, so that a 500 answer drains too.
-    return DrainUnreadBody(app)
+    return app

@@ -1,9 +1,11 @@
-"""Request bodies in the control API: read them capped, check them, drain what is left.
+"""Request bodies in the control API: read them capped, and check them.
 
 `read_json_object` reads a body as a JSON object no larger than `MAX_BODY`, and refuses
 what parses but could not be stored in the TOML state file and shown as JSON again, so a
-bad body answers 4xx with a clear message, never a 500 (docs/api.md). `DrainUnreadBody`
-makes sure an answer completes even when the app left a body unread.
+bad body answers 4xx with a clear message, never a 500 (docs/api.md). A body a route
+leaves unread costs nothing: the server reads a body only when the app asks for it, and
+closes the connection after the answer unless the rest of it had arrived
+(`supervisor.api.http11`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any
 
 import trio
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from supervisor.api.errors import ApiError
 
@@ -136,55 +137,3 @@ def _check_storable(value: dict[str, Any]) -> None:
                 item.encode()
             except UnicodeEncodeError:
                 raise ApiError(422, f"request body holds a lone surrogate in {item!r}") from None
-
-
-# -- unread bodies ------------------------------------------------------------------
-
-
-class DrainUnreadBody:
-    """ASGI middleware: while the last part of an answer is sent, read and drop whatever
-    of the request body the app left unread (a refused upload, a body a route ignores).
-
-    Why: hypercorn queues a request's body to the app (at most `max_app_queue_size`
-    messages) and, when the answer is complete, queues an ``http.disconnect`` too. If
-    the app stopped reading and the queue is full, that last put blocks forever, so the
-    answer never completes and the connection hangs. Draining while the answer ends
-    keeps the queue moving; hypercorn then closes the connection, since the request
-    was not read to its end. Nothing is buffered.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        body_done = False
-
-        async def receive_tracked() -> Message:
-            nonlocal body_done
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
-
-        async def send_draining(message: Message) -> None:
-            last = message["type"] == "http.response.body" and not message.get("more_body")
-            if not last or body_done:
-                await send(message)
-                return
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drop_body, receive_tracked)
-                await send(message)
-                # hypercorn is done with this request: nothing more will be queued.
-                nursery.cancel_scope.cancel()
-
-        await self.app(scope, receive_tracked, send_draining)
-
-
-async def _drop_body(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return

@@ -110,7 +110,8 @@ def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 def _on_unexpected(request: Request, exc: Exception) -> Response:
-    # Starlette logs nothing and hypercorn logs after us; say which request it was.
+    # Starlette logs nothing and the server logs the traceback after us; say which
+    # request it was.
     log.error("API %s %s failed: %r", request.method, request.url.path, exc)
     return _answer(500, f"internal error: {exc!r}")
 

@@ -1,16 +1,15 @@
-"""Serving the API: the token, the socket we bound, our server (`supervisor.api.server`)
-with hypercorn's HTTP/1.1, stopped gracefully.
+"""Serving the API: the token, the socket we bound, our HTTP/1.1 server
+(`supervisor.api.server`), stopped gracefully.
 
 Two steps, so that the agents start first (docs/performance.md#what-limits-ours):
 `bind_api` is light (the address, the token, the socket: standard library only) and runs
 before any agent starts, so a bad address still starts nothing and clients that connect
-early wait in the socket's backlog; `serve_bound` imports the HTTP stack (hypercorn,
+early wait in the socket's backlog; `serve_bound` imports the HTTP stack (h11,
 starlette) and serves, once the first agents are spawned.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,10 +33,6 @@ from supervisor.owner import Supervisor
 if TYPE_CHECKING:  # the member's etcd client (httpx) loads only in cluster mode
     from supervisor.api.server import Server
     from supervisor.cluster.member import ClusterMember
-
-# hypercorn's own messages repeat ours; keep its warnings and errors.
-_http_log = logging.getLogger("supervisor.http")
-_http_log.setLevel(logging.WARNING)
 
 
 class BoundApi:
@@ -136,17 +131,10 @@ async def serve_bound(
     close it at the end."""
     try:
         # The HTTP stack: imported here, after the agents were started (see above).
-        from hypercorn.config import Config
-        from hypercorn.utils import wrap_app
-
         from supervisor.api.app import build_app
         from supervisor.api.server import GRACE, Server
 
-        config = Config()
-        config.errorlog = _http_log
-        config.accesslog = None
-        app = wrap_app(build_app(sup, api.guard, cluster), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
-        server = Server(app, api.sock, config)
+        server = Server(build_app(sup, api.guard, cluster), api.sock)
         stop = trio.Event()
         # The server runs shielded so that a cancel reaches it as a graceful stop
         # (`stop`), not as a cancellation of every request in flight; the shield's

@@ -581,7 +581,7 @@ async def test_openapi_document_matches_the_routes(tmp_path: Path) -> None:
     )
     served = {
         (route.path, method)
-        for route in app.app.routes  # type: ignore[attr-defined]
+        for route in app.routes  # type: ignore[attr-defined]
         for method in route.methods - {"HEAD"}
     }
     assert documented == served
