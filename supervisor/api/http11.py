@@ -26,6 +26,7 @@ and at once if it is waiting for a request.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 from urllib.parse import unquote
@@ -115,6 +116,7 @@ class Http11Connection:
                 idle.cancel()
             while True:
                 try:
+                    _check_head_size(self.h11.trailing_data[0])
                     event = self.h11.next_event()
                 except h11.RemoteProtocolError as exc:
                     self.idle_scope = None
@@ -293,6 +295,14 @@ class Http11Connection:
 
 
 _REASONS = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+
+
+def _check_head_size(buffered: bytes) -> None:
+    """h11 bounds a head it is still waiting for; this bounds one that arrived whole."""
+    if len(buffered) > MAX_HEAD and not re.search(b"\n\r?\n", buffered[:MAX_HEAD]):
+        raise h11.RemoteProtocolError(
+            f"the request's head is larger than {MAX_HEAD} bytes", error_status_hint=431
+        )
 
 
 def _addresses(sock: Any) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:

@@ -6,9 +6,13 @@ memory for as long as the supervisor runs.
 
 from __future__ import annotations
 
+import http.client
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.harness import SupervisorProcess, wait_until
 
 # Loaded only when used: the metrics library at the first scrape of /metrics, watchfiles
 # with --watch, the JSON Schema builder for `supervisor schema`, the etcd client
@@ -47,7 +51,7 @@ def test_run_loads_nothing_it_does_not_use_at_start(tmp_path: Path) -> None:
 
 # Imported by the API task once the first agents are spawned (`supervisor.api.serve`):
 # the agents' start does not wait for the HTTP stack.
-AFTER_THE_FIRST_SPAWNS = ["hypercorn", "starlette", "h11", "anyio", "supervisor.api.app"]
+AFTER_THE_FIRST_SPAWNS = ["starlette", "h11", "anyio", "supervisor.api.app"]
 
 
 def test_run_spawns_before_it_imports_the_http_stack() -> None:
@@ -57,6 +61,77 @@ def test_run_spawns_before_it_imports_the_http_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# OpenSSL's libraries (~5 MiB) load only when something uses TLS or hashes
+# (`supervisor.lazyssl`); hypercorn is not used at all.
+NEVER_LOADED = ["hypercorn", "_ssl", "_hashlib"]
+OPENSSL = ("libssl", "libcrypto")
+
+REPORTER = """
+import json, sys
+from pathlib import Path
+import trio
+
+async def report(ctx):
+    while not Path(ctx.params["ask"]).exists():
+        await trio.sleep(0.02)
+    maps = Path("/proc/self/maps").read_text()
+    loaded = [m for m in ctx.params["modules"] if m in sys.modules]
+    loaded += [lib for lib in ctx.params["libraries"] if lib in maps]
+    Path(ctx.params["out"]).write_text(json.dumps(loaded))
+    await trio.sleep_forever()
+"""
+
+
+def test_a_running_supervisor_has_not_loaded_openssl_or_hypercorn(tmp_path: Path) -> None:
+    """Asked after its API answered a request, by an in-process agent (which runs in the
+    supervisor's process)."""
+    (tmp_path / "reporter.py").write_text(REPORTER)
+    ask, out = tmp_path / "ask", tmp_path / "out"
+    params = {"ask": str(ask), "out": str(out), "modules": NEVER_LOADED, "libraries": OPENSSL}
+    manifest = tmp_path / "agents.toml"
+    table = ", ".join(f"{key} = {json.dumps(value)}" for key, value in params.items())
+    manifest.write_text(f'[agents.reporter]\nentry = "reporter:report"\nparams = {{ {table} }}\n')
+    token = "footprint-token"
+    with SupervisorProcess(
+        manifest, "--api", "127.0.0.1:0", env={"SUPERVISOR_TOKEN": token}
+    ) as sup:
+        wait_until(lambda: "API on 127.0.0.1:" in sup.output(), 30, "the API")
+        port = int(sup.output().split("API on 127.0.0.1:")[1].split()[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/agents", headers={"Authorization": f"Bearer {token}"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        ask.touch()
+        wait_until(out.exists, 30, "the report")
+        wait_until(lambda: out.read_text(), 5, "the report written")
+        assert json.loads(out.read_text()) == []
+
+
+LAZY_OPENSSL_WORKS = """
+import supervisor.lazyssl
+import sys, trio, supervisor.run, supervisor.api.app
+assert "_ssl" not in sys.modules and "_hashlib" not in sys.modules, sorted(sys.modules)
+import hmac, secrets, hashlib, ssl, asyncio.sslproto
+assert hmac.compare_digest(b"a", b"a") and not hmac.compare_digest(b"a", b"b")
+assert len(secrets.token_hex(8)) == 16
+assert "_ssl" not in sys.modules and "_hashlib" not in sys.modules
+assert hmac.new(b"k", b"m", "sha256").hexdigest() == "b60090e3052297aeb5a080889ce2fc4bca957e756faeb4df7d31800ca1e771ec"
+assert type(hashlib.sha256()).__name__ == "HASH"  # OpenSSL's
+from ssl import SSLContext
+context = ssl.create_default_context()
+assert isinstance(context, SSLContext) and isinstance(context, trio._ssl._stdlib_ssl.SSLContext)
+assert asyncio.sslproto.SSLAgainErrors == (ssl.SSLWantReadError, ssl.SSLSyscallError)
+print("ok")
+"""
+
+
+def test_openssl_loads_when_used() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY_OPENSSL_WORKS], capture_output=True, text=True, timeout=60
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr
 
 
 def test_the_openapi_media_type_of_metrics_is_prometheus_clients() -> None:
