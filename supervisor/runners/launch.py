@@ -19,14 +19,16 @@ import os
 import pwd
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from contextlib import ExitStack
+from typing import Any
 
 import attrs
 import trio
 
 from supervisor.core.outcome import Outcome
 from supervisor.manifest import AgentSpec
+from supervisor.runners.pipes import wait_readable
 
 
 @attrs.frozen
@@ -154,9 +156,10 @@ class Child:
             on_failure.pop_all()
         return cls(popen, pidfd, stdout_r, stderr_r)
 
-    async def wait_exited(self) -> None:
-        """Return once the leader has exited (it stays a zombie until `reap`)."""
-        await trio.lowlevel.wait_readable(self._pidfd)
+    def wait_exited(self) -> Coroutine[Any, Any, None]:
+        """Await it: returns once the leader has exited (it stays a zombie until `reap`).
+        The pump's wait itself, not a coroutine around it: one frame less per agent."""
+        return wait_readable(self._pidfd)
 
     def signal_group(self, sig: int) -> None:
         """Send `sig` to the whole group. Only valid before `reap`: until then the

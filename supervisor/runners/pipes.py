@@ -3,8 +3,10 @@
 One task, the `OutputPump`, reads every process agent's stdout and stderr: it waits on
 one epoll descriptor that watches every pipe, reads what is ready without blocking and
 hands it to the pipe's `LineRelay`. An idle pipe costs its relay object and an epoll
-entry, not a task, a stream and a suspended read each (docs/performance.md, "What
-limits ours").
+entry, not a task, a stream and a suspended read each. The same epoll wakes the tasks
+waiting for a leader's exit on its pidfd (`wait_readable`), so a running process agent
+costs one small waiter rather than trio's per-descriptor machinery (docs/operations.md,
+"A flood of output").
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import codecs
 import os
 import select
+from collections.abc import Sequence
 
+import outcome
 import trio
 
 from supervisor.logs import LineSink, log, relay_lines, write_lines
@@ -157,12 +161,14 @@ class LineRelay:
 
 
 class OutputPump:
-    """The one task that reads every output pipe of this trio run. It starts with the
-    first pipe and ends with the last, so a supervisor without process agents has none."""
+    """The one task that reads every output pipe of this trio run and wakes the tasks
+    waiting for a pidfd. It starts with the first pipe or waiter and ends with the last,
+    so a supervisor without process agents has none."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._relays: dict[int, LineRelay] = {}
+        self._waiters: dict[int, trio.lowlevel.Task] = {}
         self._closed = False
 
     def add(self, relay: LineRelay) -> None:
@@ -170,16 +176,34 @@ class OutputPump:
             os.set_blocking(relay._fd, False)
             self._epoll.register(relay._fd, _EVENTS)
         except OSError:
-            if not self._relays:
-                self._close()
+            self._close_if_idle()
             raise
         self._relays[relay._fd] = relay
 
     def remove(self, fd: int) -> None:
-        if self._relays.pop(fd, None) is not None:
+        if self._relays.pop(fd, None) is not None and not self._closed:
             self._epoll.unregister(fd)
-            if not self._relays:
-                self._close()
+            self._close_if_idle()
+
+    def watch(self, fd: int, task: trio.lowlevel.Task) -> None:
+        """Reschedule `task` once `fd` is readable (it must then be blocked)."""
+        if fd in self._waiters:
+            raise trio.BusyResourceError("another task is waiting for this descriptor")
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except OSError:
+            self._close_if_idle()
+            raise
+        self._waiters[fd] = task
+
+    def unwatch(self, fd: int) -> None:
+        if self._waiters.pop(fd, None) is not None and not self._closed:
+            self._epoll.unregister(fd)
+            self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if not self._relays and not self._waiters:
+            self._close()
 
     def _close(self) -> None:
         if not self._closed:
@@ -188,6 +212,9 @@ class OutputPump:
                 _current.set(None)
             trio.lowlevel.notify_closing(self._epoll)
             self._epoll.close()
+            waiters, self._waiters = self._waiters, {}
+            for task in waiters.values():  # only at the end of the trio run
+                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
 
     async def run(self) -> None:
         try:
@@ -198,7 +225,12 @@ class OutputPump:
                     return  # the last pipe closed while we waited
                 if self._closed:
                     return
-                for fd, _ in self._epoll.poll(0):
+                ready = self._epoll.poll(0)
+                for fd, _ in ready:  # exits first: they wait for no one's output
+                    if (task := self._waiters.get(fd)) is not None:
+                        self.unwatch(fd)
+                        trio.lowlevel.reschedule(task)
+                for fd, _ in ready:
                     # The relay may have closed since (then the dict no longer has it).
                     if (relay := self._relays.get(fd)) is not None:
                         await self._read(relay)
@@ -209,14 +241,34 @@ class OutputPump:
     async def _read(relay: LineRelay) -> None:
         try:
             await relay._read()
-        except Exception:  # a bug in a sink must not end everyone's output
+        except Exception:  # a bug in a sink must not end everyone's output, nor the agent
             log.exception("relaying the output of %s failed", relay._agent_id)
-            relay._set_eof()
-            relay._abandon()
+            relay._sink = _ignore  # its lines still go to stdout
+
+
+def _ignore(stream: str, lines: Sequence[str]) -> None:
+    pass
 
 
 _utf8 = codecs.getincrementaldecoder("utf-8")
 _current: trio.lowlevel.RunVar[OutputPump | None] = trio.lowlevel.RunVar("output_pump")
+
+
+async def wait_readable(fd: int) -> None:
+    """`trio.lowlevel.wait_readable(fd)`, watched by the pump (a pidfd, say): while it
+    waits, a task costs an epoll entry and this frame. A checkpoint either way."""
+    try:
+        pump = _pump()
+        pump.watch(fd, trio.lowlevel.current_task())
+    except OSError:  # short of descriptors for the pump's epoll: trio's own way
+        await trio.lowlevel.wait_readable(fd)
+        return
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        pump.unwatch(fd)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _pump() -> OutputPump:

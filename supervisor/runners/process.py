@@ -170,9 +170,10 @@ async def _supervise(
     processes.adopt(child.pid)  # before any checkpoint: no reaper may take it first
     if keeper is not None:
         keeper.register(child.pid)
+    sink = hooks.output
     relays = [
-        LineRelay(spec.id, "stdout", child.stdout_fd, hooks.output),
-        LineRelay(spec.id, "stderr", child.stderr_fd, hooks.output),
+        LineRelay(spec.id, "stdout", child.stdout_fd, sink),
+        LineRelay(spec.id, "stderr", child.stderr_fd, sink),
     ]
     run = _Run(spec, child, processes, relays, None)
     try:
