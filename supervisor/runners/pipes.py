@@ -12,6 +12,7 @@ costs one small waiter rather than trio's per-descriptor machinery (docs/operati
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import select
 from collections.abc import Sequence
@@ -182,7 +183,7 @@ class OutputPump:
 
     def remove(self, fd: int) -> None:
         if self._relays.pop(fd, None) is not None and not self._closed:
-            self._epoll.unregister(fd)
+            self._unregister(fd)
             self._close_if_idle()
 
     def watch(self, fd: int, task: trio.lowlevel.Task) -> None:
@@ -198,8 +199,12 @@ class OutputPump:
 
     def unwatch(self, fd: int) -> None:
         if self._waiters.pop(fd, None) is not None and not self._closed:
-            self._epoll.unregister(fd)
+            self._unregister(fd)
             self._close_if_idle()
+
+    def _unregister(self, fd: int) -> None:
+        with contextlib.suppress(OSError):  # already gone if its descriptor was closed
+            self._epoll.unregister(fd)
 
     def _close_if_idle(self) -> None:
         if not self._relays and not self._waiters:
