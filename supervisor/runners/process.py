@@ -18,9 +18,9 @@ and flush a partial last line. Only then is the group unregistered from the `Kee
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
-from typing import TypeVarTuple
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
+from typing import Any, TypeVarTuple
 
 import attrs
 import trio
@@ -55,14 +55,17 @@ _ANCESTRY = Containment()  # when the caller gives none
 Ts = TypeVarTuple("Ts")
 
 
-async def run_process(
+def run_process(
     spec: AgentSpec,
     hooks: Hooks,
     *,
     keeper: Keeper | None = None,
     containment: Containment | None = None,
-) -> Outcome:
-    """Run ``spec.command`` once and return how it ended.
+) -> Coroutine[Any, Any, Outcome]:
+    """Run ``spec.command`` once: await it for how it ended.
+
+    Not itself an ``async def``: it returns the coroutine that runs the agent, so that a
+    running agent's stack holds one frame less (docs/operations.md, "A flood of output").
 
     Args:
       spec: a ``kind = "process"`` agent.
@@ -86,13 +89,27 @@ async def run_process(
         its output drained before Cancelled propagates.
     """
     if not spec.command:
-        return Outcome(start_failed=True, error="command is empty")
+        return _given(Outcome(start_failed=True, error="command is empty"))
     try:
         who = identity(spec)
     except (ValueError, KeyError, OSError) as exc:
-        return Outcome(start_failed=True, error=f"cannot start {spec.command[0]!r}: {exc}")
+        return _given(Outcome(start_failed=True, error=f"cannot start {spec.command[0]!r}: {exc}"))
     if spec.ready != "notify" and spec.watchdog <= 0:
-        return await _supervise(spec, hooks, who, None, keeper, containment)
+        return _supervise(spec, hooks, who, None, keeper, containment)
+    return _with_notify_socket(spec, hooks, who, keeper, containment)
+
+
+async def _given(outcome: Outcome) -> Outcome:
+    return outcome
+
+
+async def _with_notify_socket(
+    spec: AgentSpec,
+    hooks: Hooks,
+    who: Identity | None,
+    keeper: Keeper | None,
+    containment: Containment | None,
+) -> Outcome:
     async with AsyncExitStack() as stack:
         try:
             notify = await stack.enter_async_context(open_notify_socket(spec.id))
@@ -176,6 +193,8 @@ async def _supervise(
         LineRelay(spec.id, "stderr", child.stderr_fd, sink),
     ]
     run = _Run(spec, child, processes, relays, None)
+    stop_request: trio.Cancelled | None = None
+    killed = False
     try:
         try:
             for line_relay in relays:
@@ -189,16 +208,33 @@ async def _supervise(
             return Outcome(
                 start_failed=True, error=start_error(exc, spec), short_of_resources=short
             )
-        if notify is None:
-            stop_request, killed = await _watch(run, hooks)
-        else:
-            run.notifications = relay = NotifyRelay(spec.id, hooks, processes.owns)
-            async with trio.open_nursery() as nursery:
+        # A nursery only for the notification relay (no frame of its own for the wait).
+        helpers: AbstractAsyncContextManager[trio.Nursery | None] = (
+            nullcontext() if notify is None else trio.open_nursery()
+        )
+        async with helpers as nursery:
+            helper = None
+            if nursery is not None and notify is not None:
+                run.notifications = relay = NotifyRelay(spec.id, hooks, processes.owns)
                 helper = _start_shielded(nursery, relay.run, notify)
+            try:
+                hooks.launched(child.pid)
+                if spec.ready != "notify":
+                    hooks.ready()
+                await child.wait_exited()
+            except trio.Cancelled as cancelled:
+                stop_request = cancelled
+                with trio.CancelScope(shield=True):
+                    killed = await _stop(run)
+            finally:
                 try:
-                    stop_request, killed = await _watch(run, hooks)
+                    with trio.CancelScope(shield=True):
+                        await _finish(run)
                 finally:
-                    helper.cancel()
+                    for line_relay in relays:
+                        line_relay.close()
+                    if helper is not None:
+                        helper.cancel()
     finally:
         child.close()
         processes.close()
@@ -208,31 +244,6 @@ async def _supervise(
         hooks.stopped(attrs.evolve(child.outcome, killed=killed))
         raise stop_request
     return child.outcome
-
-
-async def _watch(run: _Run, hooks: Hooks) -> tuple[trio.Cancelled | None, bool]:
-    """Wait for the leader's exit or a stop, then end the run (shielded): the stop
-    that came, if one did, and whether it needed SIGKILL."""
-    child = run.child
-    stop_request: trio.Cancelled | None = None
-    killed = False
-    try:
-        hooks.launched(child.pid)
-        if run.spec.ready != "notify":
-            hooks.ready()
-        await child.wait_exited()
-    except trio.Cancelled as cancelled:
-        stop_request = cancelled
-        with trio.CancelScope(shield=True):
-            killed = await _stop(run)
-    finally:
-        try:
-            with trio.CancelScope(shield=True):
-                await _finish(run)
-        finally:
-            for line_relay in run.relays:
-                line_relay.close()
-    return stop_request, killed
 
 
 def _start_shielded(
