@@ -33,6 +33,7 @@ import attrs
 import trio
 
 from supervisor.runners import containment, procfs
+from supervisor.runners.orphans import run_mark
 
 if TYPE_CHECKING:
     from supervisor.slot import Slot
@@ -159,7 +160,7 @@ def _process_sets(
             continue
         found = by_leader.get(stat[2])
         if found is None:
-            found = by_mark.get(_mark(pid))
+            found = by_mark.get(run_mark(pid))
         if found is not None and pid not in found:
             found.append(pid)
             roots.append((pid, found))
@@ -170,14 +171,6 @@ def _process_sets(
                 pids.append(pid)
                 roots.append((pid, pids))
     return agents
-
-
-def _mark(pid: int) -> str:
-    needle = containment.RUN_VARIABLE.encode() + b"="
-    for item in procfs.read_bytes(f"/proc/{pid}/environ").split(b"\0"):
-        if item.startswith(needle):
-            return item[len(needle) :].decode("ascii", "replace")
-    return ""
 
 
 def _sum(leader: int, others: list[int]) -> tuple[float, int, float | None]:

@@ -35,8 +35,7 @@ import itertools
 import os
 import secrets
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -45,8 +44,15 @@ import trio
 
 from supervisor.logs import log
 from supervisor.runners import cgroups, procfs
+from supervisor.runners.moves import Move, Mover
+from supervisor.runners.orphans import (
+    RUN_VARIABLE,
+    Orphans,
+    recent_orphans,
+    scan_orphans,
+    shared_orphans,
+)
 
-RUN_VARIABLE = "SUPERVISOR_AGENT_RUN"
 MODE_VARIABLE = "SUPERVISOR_CONTAINMENT"  # "auto" (default), "cgroup" or "ancestry"
 PR_SET_CHILD_SUBREAPER = 36
 Mode = Literal["cgroup", "ancestry"]
@@ -56,11 +62,6 @@ Mode = Literal["cgroup", "ancestry"]
 LEADERS: set[int] = set()
 _RUNS: set[AgentProcesses] = set()  # live runs, for `kill_every_run`
 _KILL_ROUNDS = 64  # SIGKILL sweeps before giving up on a tree that keeps forking
-# A stop's first look (to send stop_signal) takes our own children as read within this
-# long, so a wave of N stops reads them a few times, not N times (issue 17); what it
-# misses gets the signal when a later, fresh look finds it (`_keep`).
-_ORPHANS_TTL = 0.005
-_orphan_scan: tuple[float, list[int]] = (-1e9, [])
 _KEPT_MAX = 1024  # pidfds a stop keeps per run (beyond, later sweeps find the rest)
 _runs = itertools.count()
 _token = secrets.token_hex(6)
@@ -85,6 +86,7 @@ class Containment:
     def __init__(self, cgroups: Path | None = None, why: str = "") -> None:
         self.cgroups = cgroups  # the parent of the agents' cgroups, ours alone
         self.why = why  # why there are no cgroups, for the start's log line
+        self._mover = None if cgroups is None else Mover(LEADERS)
 
     @property
     def mode(self) -> Mode:
@@ -123,10 +125,12 @@ class Containment:
             except OSError as exc:
                 log.warning("%s: cannot make its cgroup (%s); by ancestry", agent_id, exc)
                 cgroup = None
-        return AgentProcesses(agent_id, mark, cgroup)
+        return AgentProcesses(agent_id, mark, cgroup, self._mover)
 
     def close(self) -> None:
-        """Remove our (by now empty) parent cgroup. Idempotent."""
+        """Stop moving; remove our (by now empty) parent cgroup. Idempotent."""
+        if self._mover is not None:
+            self._mover.close()
         if self.cgroups is not None:
             cgroups.remove(self.cgroups)
 
@@ -136,15 +140,20 @@ class AgentProcesses:
 
     Use: `open_run`, spawn with `environment()` added, `adopt(pid)` at once (no
     checkpoint in between), `signal`/`kill`/`wait_gone` while the leader is still
-    unreaped (its pid, and so its group's number, cannot be reused meanwhile), `close`
-    once the leader is reaped. Sync methods never block; they read /proc.
+    unreaped (its pid, and so its group's number, cannot be reused meanwhile), `settle`
+    just before the leader is reaped, `close` once it is. Sync methods never block (but
+    `settle`, for a move under way); they read /proc.
     """
 
-    def __init__(self, agent_id: str, mark: str, cgroup: Path | None) -> None:
+    def __init__(
+        self, agent_id: str, mark: str, cgroup: Path | None, mover: Mover | None = None
+    ) -> None:
         self.agent_id = agent_id
         self.mark = mark
         self.cgroup = cgroup
         self.leader = 0
+        self._mover = mover
+        self._move: Move | None = None  # into the cgroup, by the mover's thread
         self._needle = f"\0{RUN_VARIABLE}={mark}\0".encode()
         self._cgroup_line = ""
         # {pid: pidfd} of the processes a stop signalled, kept until they are gone: one
@@ -157,30 +166,24 @@ class AgentProcesses:
         return {RUN_VARIABLE.encode(): self.mark.encode()}
 
     def adopt(self, leader: int) -> None:
-        """The run's leader is spawned: register it, and move it into the cgroup."""
+        """The run's leader is spawned: register it; it is moved into the cgroup off
+        the loop (`supervisor.runners.moves`)."""
         self.leader = leader
         LEADERS.add(leader)
         _RUNS.add(self)
         if self.cgroup is None:
             return
-        try:
-            procs = str(self.cgroup / "cgroup.procs")
-            cgroups.write(procs, str(leader))
-            # What it forked before the move (a few microseconds) joins it too: its
-            # descendants (one that was orphaned in those microseconds too is found by
-            # the run's mark at the stop).
-            found: dict[int, int] = {}
-            try:
-                _descendants(found, [leader])
-                for pid in found:
-                    cgroups.write(procs, str(pid))
-            finally:
-                for fd in found.values():
-                    os.close(fd)
-        except OSError as exc:
-            log.warning("%s: cannot move it into its cgroup (%s); by ancestry", self.agent_id, exc)
-            cgroups.remove(self.cgroup)
-            self.cgroup = None
+        self._move = Move(self.agent_id, leader, self.mark, self.cgroup)
+        if self._mover is None:  # no thread: at once
+            Mover(LEADERS).do(self._move)
+        else:
+            self._mover.ask(self._move)
+
+    def settle(self) -> None:
+        """The leader is about to be reaped: its pid may be anyone's after that, so no
+        move may write it any more (waits for a write under way). Idempotent."""
+        if self._move is not None:
+            self._move.settle()
 
     def owns(self, pid: int) -> bool:
         """Whether `pid` is one of the run's processes (the leader included)."""
@@ -210,14 +213,14 @@ class AgentProcesses:
 
     def pids(self) -> list[int]:
         """The run's live processes but the leader, now (for messages)."""
-        with self._snapshot() as found:
+        with self._snapshot(scan_orphans) as found:
             return sorted(found.keys() | self._signalled.keys())
 
     def signal(self, *signals: int) -> None:
         """Send each of `signals` to every process of the run but the leader (its group
         is its runner's), and to any found later in this stop (`wait_gone`)."""
         self._sent = signals
-        with self._snapshot(fresh=False) as found:
+        with self._snapshot(recent_orphans) as found:
             self._keep(found)
         for sig in signals:
             for fd in self._signalled.values():
@@ -230,7 +233,7 @@ class AgentProcesses:
             procfs.send(fd, signal.SIGKILL)
         killed = set(self._signalled)
         for _ in range(_KILL_ROUNDS):  # until a sweep finds nothing new
-            with self._snapshot() as found:
+            with self._snapshot(scan_orphans) as found:
                 new = found.keys() - killed
                 if new and self.cgroup is not None and not killed:
                     cgroups.kill(self.cgroup)  # at once, new forks too
@@ -247,8 +250,16 @@ class AgentProcesses:
         were re-parented to us. Cancellable; the caller bounds it. Call it once the
         leader has exited: what it left is re-parented to us by then."""
         while True:
-            with self._snapshot() as found:
+            found: dict[int, int] = {}
+            try:
+                self._members(found)
+                if not self._whole():
+                    # our children, after the walk: one read for every run of a stop wave
+                    self._claim(found, await shared_orphans(LEADERS))
                 self._keep(found)
+            finally:
+                for fd in found.values():
+                    _close(fd)
             if not self._signalled:
                 return
             for pid, fd in list(self._signalled.items()):
@@ -268,6 +279,7 @@ class AgentProcesses:
 
     def close(self) -> None:
         """The leader is reaped: forget it; remove the cgroup if it is empty."""
+        self.settle()
         LEADERS.discard(self.leader)
         _RUNS.discard(self)
         for fd in self._signalled.values():
@@ -277,40 +289,49 @@ class AgentProcesses:
             cgroups.remove(self.cgroup)
 
     @contextmanager
-    def _snapshot(self, *, fresh: bool = True) -> Iterator[dict[int, int]]:
+    def _snapshot(self, orphans: Callable[[set[int]], Orphans]) -> Iterator[dict[int, int]]:
         """{pid: pidfd} of the run's live processes but the leader; pidfds closed after.
-        Not `fresh`: our own children as read within the last `_ORPHANS_TTL`."""
+        `orphans` reads our own children (or gives a recent read), after the walk."""
         found: dict[int, int] = {}
         try:
-            self._collect(found, fresh)
+            self._members(found)
+            if not self._whole():
+                self._claim(found, orphans(LEADERS))
             yield found
         finally:
             for fd in found.values():
                 _close(fd)
 
-    def _collect(self, found: dict[int, int], fresh: bool) -> None:
-        me = os.getpid()
+    def _whole(self) -> bool:
+        """Whether the cgroup names every live process of the run (its move is complete:
+        nothing left before it could have joined it). Zombies it does not list are ours
+        to reap, by `supervisor.signals` or through the pidfds `_keep` holds."""
+        return self._move is not None and self._move.complete
+
+    def _members(self, found: dict[int, int]) -> None:
         if self.cgroup is not None:  # its members: every descendant, wherever it went
             for pid in procfs.cgroup_members(self.cgroup):
                 if pid != self.leader:
                     procfs.open_pidfd(found, pid)
-        else:
+        if not self._whole():  # and by ancestry until its move is complete
             _descendants(found, [self.leader])
-        # Then what was re-parented to us (after the walk: one re-parented during the
-        # walk is seen here): in the leader's group, or marked.
-        roots = []
-        for pid in _orphans(fresh):
-            if pid in LEADERS or pid in found:
-                continue
-            stat = procfs.stat(pid)
-            if stat is None or stat[0] == "Z":
-                if stat is not None and stat[2] == self.leader:
-                    procfs.reap_pid(pid)
-                continue
-            if (stat[2] == self.leader or self._marked(pid)) and procfs.open_pidfd(
-                found, pid, parent=me
-            ):
+
+    def _claim(self, found: dict[int, int], orphans: Orphans) -> None:
+        """Add what was re-parented to us (read after `_members`' walk: one re-parented
+        during the walk is seen there): in the leader's group, or marked."""
+        for pid in orphans.zombies.pop(self.leader, ()):
+            procfs.reap_pid(pid)
+        # Checked again through a pidfd: the read may be a few milliseconds old.
+        me, roots = os.getpid(), []
+        for pid in orphans.by_group.get(self.leader, ()):
+            if pid not in found and procfs.open_pidfd(found, pid, parent=me, group=self.leader):
                 roots.append(pid)
+        for pid in orphans.by_mark.get(self.mark, ()):
+            if pid not in found and procfs.open_pidfd(found, pid, parent=me):
+                if self._marked(pid):
+                    roots.append(pid)
+                else:
+                    os.close(found.pop(pid))
         _descendants(found, roots)
 
     def _marked(self, pid: int) -> bool:
@@ -324,21 +345,6 @@ def _descendants(found: dict[int, int], roots: list[int]) -> None:
         for pid in procfs.children(parent):
             if pid not in found and procfs.open_pidfd(found, pid, parent=parent):
                 roots.append(pid)
-
-
-def _orphans(fresh: bool) -> list[int]:
-    """Our children that are not agent leaders (orphans re-parented to us, the keeper),
-    as read within the last `_ORPHANS_TTL` seconds unless `fresh`."""
-    global _orphan_scan
-    now = time.monotonic()
-    at, pids = _orphan_scan
-    if fresh or now - at > _ORPHANS_TTL:
-        # Orphans are re-parented to our main thread (the kernel picks the reaper's
-        # first live thread), so its file alone lists them: one read.
-        me = os.getpid()
-        pids = [pid for pid in procfs.thread_children(me, me) if pid not in LEADERS]
-        _orphan_scan = (now, pids)
-    return pids
 
 
 def _close(pidfd: int) -> None:

@@ -302,6 +302,7 @@ async def _finish(run: _Run) -> None:
             await run.processes.wait_gone()
     with trio.move_on_after(KILL_TIMEOUT):
         await child.wait_exited()
+        run.processes.settle()  # no move into its cgroup may write its pid after this
         child.reap()
     for line_relay in run.relays:
         await line_relay.drain(DRAIN_TIMEOUT, DRAIN_LIMIT)

@@ -11,14 +11,22 @@ import signal
 from pathlib import Path
 
 
-def open_pidfd(found: dict[int, int], pid: int, parent: int | None = None) -> bool:
-    """Add a pidfd on `pid` to `found` if it is alive (and still `parent`'s child)."""
+def open_pidfd(
+    found: dict[int, int], pid: int, parent: int | None = None, group: int | None = None
+) -> bool:
+    """Add a pidfd on `pid` to `found` if it is alive (and still `parent`'s child, in
+    process group `group`)."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         return False
     now = stat(pid)  # read after the pidfd: it pins the process we check
-    if now is None or now[0] in "ZX" or (parent is not None and now[1] != parent):
+    if (
+        now is None
+        or now[0] in "ZX"
+        or (parent is not None and now[1] != parent)
+        or (group is not None and now[2] != group)
+    ):
         os.close(fd)
         return False
     found[pid] = fd

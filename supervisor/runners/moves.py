@@ -1,0 +1,177 @@
+"""Moving each run's leader into its cgroup, off the trio loop (docs/operations.md,
+"Containment").
+
+A write to ``cgroup.procs`` waits in the kernel for an RCU grace period (~3.5 ms on a
+quiet machine, more under load): done in the loop it would block every agent for that
+long after each spawn. So the `Mover`, one thread per supervisor, does the moves while
+the loop goes on; back-to-back moves share grace periods. A `Move` goes:
+
+- pending: spawned, not moved yet; a stop now finds the run's processes by ancestry and
+  mark as well as by cgroup (`AgentProcesses`);
+- moved: the leader is in the cgroup, and then each of its descendants (moved before its
+  own children are read, so one forked meanwhile is born in the cgroup);
+- complete: what was orphaned before the move (forked while the leader was still in our
+  cgroup, its parent gone before the sweep read it: re-parented to us) was found among our
+  children by the run's process group or mark, and moved too. From then on the cgroup
+  names every live process of the run, and a stop reads nothing else;
+- failed (the leader exited before its move, or a write failed): by ancestry, as pending.
+
+`Move.settle` must be called before the leader is reaped: from then on its pid may be
+anyone's, and the thread never writes it again (it waits for a write under way).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import threading
+from collections.abc import Container
+from pathlib import Path
+
+from supervisor.logs import log
+from supervisor.runners import cgroups, procfs
+from supervisor.runners.orphans import run_mark
+
+
+class Move:
+    """One run's move into its cgroup (see the module's docstring)."""
+
+    def __init__(self, agent_id: str, leader: int, mark: str, cgroup: Path) -> None:
+        self.agent_id = agent_id
+        self.leader = leader
+        self.mark = mark
+        self.procs = str(cgroup / "cgroup.procs")
+        self.state = "pending"  # -> moved -> complete; or failed
+        self.settled = False  # the leader may be reaped: never write its pid again
+        self._lock = threading.Lock()
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+    def settle(self) -> None:
+        """No more writes for this run (waits for one under way, ~ms). Idempotent."""
+        if not self.settled:
+            with self._lock:
+                self.settled = True
+
+    def _move_tree(self) -> None:
+        """The leader, then its descendants, each before its children are read."""
+        with self._lock:
+            if self.settled:
+                return
+            try:
+                cgroups.write(self.procs, str(self.leader))
+                self._move_below([self.leader])
+            except OSError as exc:
+                self.state = "failed"
+                if exc.errno != errno.ESRCH:  # ESRCH: it exited already
+                    log.warning("%s: cannot move it into its cgroup (%s)", self.agent_id, exc)
+                return
+            self.state = "moved"
+
+    def _move_below(self, roots: list[int]) -> None:
+        while roots:
+            parent = roots.pop()
+            found: dict[int, int] = {}
+            try:
+                for pid in procfs.children(parent):
+                    if procfs.open_pidfd(found, pid, parent=parent):
+                        try:
+                            cgroups.write(self.procs, str(pid))
+                        except ProcessLookupError:
+                            continue  # gone meanwhile
+                        roots.append(pid)
+            finally:
+                for fd in found.values():
+                    os.close(fd)
+
+    def _adopt_orphans(self, pids: list[int]) -> None:
+        """Move `pids` (our children of this run, found after `_move_tree`) and what is
+        below them; then the run is complete."""
+        with self._lock:
+            if self.settled or self.state != "moved":
+                return
+            found: dict[int, int] = {}
+            try:
+                for pid in pids:
+                    if procfs.open_pidfd(found, pid, parent=os.getpid()):
+                        try:
+                            cgroups.write(self.procs, str(pid))
+                        except ProcessLookupError:
+                            continue  # gone meanwhile
+                        self._move_below([pid])
+            except OSError as exc:
+                self.state = "failed"
+                log.warning("%s: cannot move it into its cgroup (%s)", self.agent_id, exc)
+                return
+            finally:
+                for fd in found.values():
+                    os.close(fd)
+            self.state = "complete"
+
+
+class Mover:
+    """The thread that does the `Move`s, in the order they were asked for."""
+
+    def __init__(self, leaders: Container[int]) -> None:
+        self._leaders = leaders  # agent leaders: never orphans of a run
+        self._queue: queue.SimpleQueue[Move | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def ask(self, move: Move) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="supervisor-cgroups")
+            self._thread.daemon = True  # a stop settles every move; nothing is lost
+            self._thread.start()
+        self._queue.put(move)
+
+    def close(self) -> None:
+        """Stop the thread once the moves asked for are done. Idempotent."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10.0)
+            self._thread = None
+
+    def do(self, move: Move) -> None:
+        """`move`, now, in this thread."""
+        move._move_tree()
+        self._complete([move] if move.state == "moved" else [])
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while not self._queue.empty():  # what came meanwhile: one orphan read for all
+                batch.append(self._queue.get())
+            moves = [move for move in batch if move is not None]
+            try:
+                for move in moves:
+                    move._move_tree()
+                self._complete([move for move in moves if move.state == "moved"])
+            except Exception:  # never lose the thread: those runs stay "by ancestry"
+                log.exception("moving agents into their cgroups")
+            if None in batch:
+                return
+
+    def _complete(self, moves: list[Move]) -> None:
+        """Find the orphans of `moves` among our children (after their sweeps: what was
+        orphaned before is ours by then), move them, mark the runs complete."""
+        if not moves:
+            return
+        by_group = {move.leader: move for move in moves}
+        by_mark = {move.mark: move for move in moves}
+        orphans: dict[Move, list[int]] = {}
+        me = os.getpid()
+        # Orphans are re-parented to our main thread: its file alone lists them.
+        for pid in procfs.thread_children(me, me):
+            if pid in self._leaders:
+                continue
+            stat = procfs.stat(pid)
+            if stat is None or stat[0] in "ZX":
+                continue
+            move = by_group.get(stat[2]) or by_mark.get(run_mark(pid))
+            if move is not None:
+                orphans.setdefault(move, []).append(pid)
+        for move in moves:
+            move._adopt_orphans(orphans.get(move, []))
