@@ -114,17 +114,11 @@ class Containment:
         return f"a cgroup v2 per agent, under {self.cgroups}"
 
     def open_run(self, agent_id: str) -> AgentProcesses:
-        """A new run's processes: its mark now, its cgroup if any (made here)."""
+        """A new run's processes: its mark, its cgroup if any (made with its move)."""
         n = next(_runs)
         mark = f"{os.getpid()}-{_token}-{n}"
-        cgroup = None
-        if self.cgroups is not None:
-            cgroup = self.cgroups / f"{agent_id}.{n}"
-            try:
-                cgroup.mkdir()
-            except OSError as exc:
-                log.warning("%s: cannot make its cgroup (%s); by ancestry", agent_id, exc)
-                cgroup = None
+        # made by the mover's thread, right before the leader's move
+        cgroup = None if self.cgroups is None else self.cgroups / f"{agent_id}.{n}"
         return AgentProcesses(agent_id, mark, cgroup, self._mover)
 
     def close(self) -> None:
@@ -285,7 +279,9 @@ class AgentProcesses:
         for fd in self._signalled.values():
             _close(fd)
         self._signalled.clear()
-        if self.cgroup is not None:
+        if self._mover is not None and self.cgroup is not None:
+            self._mover.ask(self.cgroup)  # removed in its thread
+        elif self.cgroup is not None:
             cgroups.remove(self.cgroup)
 
     @contextmanager

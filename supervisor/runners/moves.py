@@ -16,6 +16,9 @@ the loop goes on; back-to-back moves share grace periods. A `Move` goes:
   names every live process of the run, and a stop reads nothing else;
 - failed (the leader exited before its move, or a write failed): by ancestry, as pending.
 
+The thread also makes each cgroup (right before its move) and removes it once its run is
+over: the loop does neither ``mkdir`` nor ``rmdir``.
+
 `Move.settle` must be called before the leader is reaped: from then on its pid may be
 anyone's, and the thread never writes it again (it waits for a write under way).
 """
@@ -41,6 +44,7 @@ class Move:
         self.agent_id = agent_id
         self.leader = leader
         self.mark = mark
+        self.cgroup = cgroup
         self.procs = str(cgroup / "cgroup.procs")
         self.state = "pending"  # -> moved -> complete; or failed
         self.settled = False  # the leader may be reaped: never write its pid again
@@ -62,6 +66,7 @@ class Move:
             if self.settled:
                 return
             try:
+                self.cgroup.mkdir(exist_ok=True)
                 cgroups.write(self.procs, str(self.leader))
                 self._move_below([self.leader])
             except OSError as exc:
@@ -117,10 +122,12 @@ class Mover:
 
     def __init__(self, leaders: Container[int]) -> None:
         self._leaders = leaders  # agent leaders: never orphans of a run
-        self._queue: queue.SimpleQueue[Move | None] = queue.SimpleQueue()
+        # moves, and cgroups to remove once their run is over (None: the end)
+        self._queue: queue.SimpleQueue[Move | Path | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def ask(self, move: Move) -> None:
+    def ask(self, move: Move | Path) -> None:
+        """Do `move`, or remove the cgroup `move` (and its empty children)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="supervisor-cgroups")
             self._thread.daemon = True  # a stop settles every move; nothing is lost
@@ -144,11 +151,14 @@ class Mover:
             batch = [self._queue.get()]
             while not self._queue.empty():  # what came meanwhile: one orphan read for all
                 batch.append(self._queue.get())
-            moves = [move for move in batch if move is not None]
+            moves = [move for move in batch if isinstance(move, Move)]
             try:
                 for move in moves:
                     move._move_tree()
                 self._complete([move for move in moves if move.state == "moved"])
+                for done in batch:
+                    if isinstance(done, Path):
+                        cgroups.remove(done)
             except Exception:  # never lose the thread: those runs stay "by ancestry"
                 log.exception("moving agents into their cgroups")
             if None in batch:
