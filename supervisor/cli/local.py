@@ -49,7 +49,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from supervisor.run import run_main
 
-    return run_main(
+    code = run_main(
         manifest_path(args.manifest),
         api=args.api,
         watch=args.watch,
@@ -63,3 +63,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             if (value := getattr(args, key, None)) is not None
         },
     )
+    _exit_now(code)
+    return code  # not reached
+
+
+def _exit_now(code: int) -> None:
+    """End the process once `run` is done: its agents are gone and its logs flushed.
+    The interpreter's own teardown (a last garbage collection over every object of
+    every agent: ~0.2 s of a shutdown of 500 process agents, docs/performance.md) has
+    nothing left to do. The atexit handlers (the notify sockets' folder) still run."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a reader gone away: nothing to tell it
+    os._exit(code)
