@@ -6,8 +6,9 @@ Nothing polls. `read_usage(slots)` is called by what shows agents (GET /agents, 
 - **Process agents**: the run's whole process set as containment knows it
   (`supervisor.runners.containment`): its leader, the members of its cgroup, the
   leader's descendants, and the supervisor's re-parented children in the leader's group
-  or carrying the run's mark, with their descendants. One pass over the supervisor's
-  children serves every agent read. Each process's ``/proc/PID/stat`` gives its CPU time
+  or carrying the run's mark, with their descendants (by cgroup, once the run's move into
+  it is complete, its members alone). One pass over the supervisor's children serves
+  every agent read. Each process's ``/proc/PID/stat`` gives its CPU time
   (utime + stime, and cutime + cstime: the children it waited for) and its RSS; the
   agent's figures are the sums. A read costs about 20 µs per process.
 - **In-process agents**: the time their tasks held the event loop, every step, as
@@ -141,8 +142,12 @@ def _process_sets(
     roots: list[tuple[int, list[int]]] = []
     for leader, pids in agents.values():
         by_leader[leader] = pids
-        roots.append((leader, pids))
         run = runs.get(leader)
+        if run is not None and run.whole:  # its cgroup lists all of it: no tree to walk
+            assert run.cgroup is not None
+            pids += (pid for pid in procfs.cgroup_members(run.cgroup) if pid != leader)
+            continue
+        roots.append((leader, pids))
         if run is None:
             continue
         by_mark[run.mark] = pids

@@ -117,8 +117,10 @@ class Containment:
         """A new run's processes: its mark, its cgroup if any (made with its move)."""
         n = next(_runs)
         mark = f"{os.getpid()}-{_token}-{n}"
-        # made by the mover's thread, right before the leader's move
-        cgroup = None if self.cgroups is None else self.cgroups / f"{agent_id}.{n}"
+        cgroup = None
+        if self.cgroups is not None and self._mover is not None:
+            # the agent's last one, empty; or a new one, made by the mover's thread
+            cgroup = self._mover.reuse(agent_id) or self.cgroups / f"{agent_id}.{n}"
         return AgentProcesses(agent_id, mark, cgroup, self._mover)
 
     def close(self) -> None:
@@ -247,7 +249,7 @@ class AgentProcesses:
             found: dict[int, int] = {}
             try:
                 self._members(found)
-                if not self._whole():
+                if not self.whole:
                     # our children, after the walk: one read for every run of a stop wave
                     self._claim(found, await shared_orphans(LEADERS))
                 self._keep(found)
@@ -272,7 +274,7 @@ class AgentProcesses:
                     procfs.send(fd, sig)
 
     def close(self) -> None:
-        """The leader is reaped: forget it; remove the cgroup if it is empty."""
+        """The leader is reaped: forget it; its cgroup goes to its next run if empty."""
         self.settle()
         LEADERS.discard(self.leader)
         _RUNS.discard(self)
@@ -280,7 +282,7 @@ class AgentProcesses:
             _close(fd)
         self._signalled.clear()
         if self._mover is not None and self.cgroup is not None:
-            self._mover.ask(self.cgroup)  # removed in its thread
+            self._mover.release(self.agent_id, self.cgroup)
         elif self.cgroup is not None:
             cgroups.remove(self.cgroup)
 
@@ -291,14 +293,15 @@ class AgentProcesses:
         found: dict[int, int] = {}
         try:
             self._members(found)
-            if not self._whole():
+            if not self.whole:
                 self._claim(found, orphans(LEADERS))
             yield found
         finally:
             for fd in found.values():
                 _close(fd)
 
-    def _whole(self) -> bool:
+    @property
+    def whole(self) -> bool:
         """Whether the cgroup names every live process of the run (its move is complete:
         nothing left before it could have joined it). Zombies it does not list are ours
         to reap, by `supervisor.signals` or through the pidfds `_keep` holds."""
@@ -309,7 +312,7 @@ class AgentProcesses:
             for pid in procfs.cgroup_members(self.cgroup):
                 if pid != self.leader:
                     procfs.open_pidfd(found, pid)
-        if not self._whole():  # and by ancestry until its move is complete
+        if not self.whole:  # and by ancestry until its move is complete
             _descendants(found, [self.leader])
 
     def _claim(self, found: dict[int, int], orphans: Orphans) -> None:

@@ -16,8 +16,9 @@ the loop goes on; back-to-back moves share grace periods. A `Move` goes:
   names every live process of the run, and a stop reads nothing else;
 - failed (the leader exited before its move, or a write failed): by ancestry, as pending.
 
-The thread also makes each cgroup (right before its move) and removes it once its run is
-over: the loop does neither ``mkdir`` nor ``rmdir``.
+The thread also makes each cgroup (right before its move). Once its run is over, an
+empty cgroup is kept for the agent's next run (a restart makes and removes none); one
+that is not is removed by the thread. The parent's removal at the end removes them all.
 
 `Move.settle` must be called before the leader is reaped: from then on its pid may be
 anyone's, and the thread never writes it again (it waits for a write under way).
@@ -125,6 +126,19 @@ class Mover:
         # moves, and cgroups to remove once their run is over (None: the end)
         self._queue: queue.SimpleQueue[Move | Path | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._free: dict[str, Path] = {}  # by agent: its last cgroup, empty (the loop's)
+
+    def reuse(self, agent_id: str) -> Path | None:
+        """The agent's last cgroup, if `release` kept it: no other run has it."""
+        return self._free.pop(agent_id, None)
+
+    def release(self, agent_id: str, cgroup: Path) -> None:
+        """The run of `cgroup` is over (settled): keep it for the agent's next run if it
+        is empty, else remove it in the thread (what is still populated stays)."""
+        if agent_id not in self._free and not procfs.cgroup_members(cgroup):
+            self._free[agent_id] = cgroup
+        else:
+            self.ask(cgroup)
 
     def ask(self, move: Move | Path) -> None:
         """Do `move`, or remove the cgroup `move` (and its empty children)."""

@@ -162,3 +162,24 @@ async def test_a_stop_wave_reads_our_children_once(
         leader.wait()
         run.close()
     made.close()
+
+
+async def test_a_restart_reuses_its_empty_cgroup_and_no_two_runs_share_one(
+    cgroup_mode: Containment,
+) -> None:
+    first = cgroup_mode.open_run("a")
+    leader = spawn(first, "sleep", "1000")
+    first.adopt(leader.pid)
+    move = first._move
+    assert move is not None
+    wait_until(lambda: move.complete, what="the move complete")
+    leader.kill()
+    await trio.to_thread.run_sync(leader.wait)
+    first.settle()
+    first.close()
+    again = cgroup_mode.open_run("a")
+    other = cgroup_mode.open_run("a")  # while `again` is open: a cgroup of its own
+    assert again.cgroup == first.cgroup
+    assert other.cgroup not in (None, first.cgroup)
+    again.close()
+    other.close()
