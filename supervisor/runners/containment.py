@@ -119,7 +119,7 @@ class Containment:
         mark = f"{os.getpid()}-{_token}-{n}"
         cgroup = None
         if self.cgroups is not None and self._mover is not None:
-            # the agent's last one, empty; or a new one, made by the mover's thread
+            # the agent's last one, empty; or a new one, made by the mover
             cgroup = self._mover.reuse(agent_id) or self.cgroups / f"{agent_id}.{n}"
         return AgentProcesses(agent_id, mark, cgroup, self._mover)
 
@@ -149,7 +149,7 @@ class AgentProcesses:
         self.cgroup = cgroup
         self.leader = 0
         self._mover = mover
-        self._move: Move | None = None  # into the cgroup, by the mover's thread
+        self._move: Move | None = None  # into the cgroup, by the mover's task
         self._needle = f"\0{RUN_VARIABLE}={mark}\0".encode()
         self._cgroup_line = ""
         # {pid: pidfd} of the processes a stop signalled, kept until they are gone: one
@@ -170,7 +170,7 @@ class AgentProcesses:
         if self.cgroup is None:
             return
         self._move = Move(self.agent_id, leader, self.mark, self.cgroup)
-        if self._mover is None:  # no thread: at once
+        if self._mover is None:  # no mover: at once
             Mover(LEADERS).do(self._move)
         else:
             self._mover.ask(self._move)

@@ -1,10 +1,12 @@
-"""Moving each run's leader into its cgroup, off the trio loop (docs/operations.md,
+"""Moving each run's leader into its cgroup after the spawn, in bursts (docs/operations.md,
 "Containment").
 
-A write to ``cgroup.procs`` waits in the kernel for an RCU grace period (~3.5 ms on a
-quiet machine, more under load): done in the loop it would block every agent for that
-long after each spawn. So the `Mover`, one thread per supervisor, does the moves while
-the loop goes on; back-to-back moves share grace periods. A `Move` goes:
+A write to ``cgroup.procs`` can wait in the kernel for an RCU grace period (~3.5 ms), and
+a fork waits for a move under way: done right after each spawn, the moves would be paid
+one grace period each, between the spawns. So `adopt` only asks, and the `Mover`'s task
+does every move asked for since it last ran, back to back (a grace period is shared by
+moves that follow each other), once the spawns of the moment are done: a wave of N starts
+spawns first, then moves. A `Move` goes:
 
 - pending: spawned, not moved yet; a stop now finds the run's processes by ancestry and
   mark as well as by cgroup (`AgentProcesses`);
@@ -16,22 +18,21 @@ the loop goes on; back-to-back moves share grace periods. A `Move` goes:
   names every live process of the run, and a stop reads nothing else;
 - failed (the leader exited before its move, or a write failed): by ancestry, as pending.
 
-The thread also makes each cgroup (right before its move). Once its run is over, an
-empty cgroup is kept for the agent's next run (a restart makes and removes none); one
-that is not is removed by the thread. The parent's removal at the end removes them all.
-
-`Move.settle` must be called before the leader is reaped: from then on its pid may be
-anyone's, and the thread never writes it again (it waits for a write under way).
+`Move.settle` is called before the leader is reaped: from then on its pid may be anyone's,
+and it is never written again. The task also makes each cgroup (right before its move).
+Once its run is over, an empty cgroup is kept for the agent's next run (a restart makes
+and removes none); one that is not is removed. The parent's removal at the end removes
+them all.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import queue
-import threading
 from collections.abc import Container
 from pathlib import Path
+
+import trio
 
 from supervisor.logs import log
 from supervisor.runners import cgroups, procfs
@@ -49,33 +50,29 @@ class Move:
         self.procs = str(cgroup / "cgroup.procs")
         self.state = "pending"  # -> moved -> complete; or failed
         self.settled = False  # the leader may be reaped: never write its pid again
-        self._lock = threading.Lock()
 
     @property
     def complete(self) -> bool:
         return self.state == "complete"
 
     def settle(self) -> None:
-        """No more writes for this run (waits for one under way, ~ms). Idempotent."""
-        if not self.settled:
-            with self._lock:
-                self.settled = True
+        """No more writes for this run. Idempotent."""
+        self.settled = True
 
     def _move_tree(self) -> None:
         """The leader, then its descendants, each before its children are read."""
-        with self._lock:
-            if self.settled:
-                return
-            try:
-                self.cgroup.mkdir(exist_ok=True)
-                cgroups.write(self.procs, str(self.leader))
-                self._move_below([self.leader])
-            except OSError as exc:
-                self.state = "failed"
-                if exc.errno != errno.ESRCH:  # ESRCH: it exited already
-                    log.warning("%s: cannot move it into its cgroup (%s)", self.agent_id, exc)
-                return
-            self.state = "moved"
+        if self.settled:
+            return
+        try:
+            self.cgroup.mkdir(exist_ok=True)
+            cgroups.write(self.procs, str(self.leader))
+            self._move_below([self.leader])
+        except OSError as exc:
+            self.state = "failed"
+            if exc.errno != errno.ESRCH:  # ESRCH: it exited already
+                log.warning("%s: cannot move it into its cgroup (%s)", self.agent_id, exc)
+            return
+        self.state = "moved"
 
     def _move_below(self, roots: list[int]) -> None:
         while roots:
@@ -96,37 +93,35 @@ class Move:
     def _adopt_orphans(self, pids: list[int]) -> None:
         """Move `pids` (our children of this run, found after `_move_tree`) and what is
         below them; then the run is complete."""
-        with self._lock:
-            if self.settled or self.state != "moved":
-                return
-            found: dict[int, int] = {}
-            try:
-                for pid in pids:
-                    if procfs.open_pidfd(found, pid, parent=os.getpid()):
-                        try:
-                            cgroups.write(self.procs, str(pid))
-                        except ProcessLookupError:
-                            continue  # gone meanwhile
-                        self._move_below([pid])
-            except OSError as exc:
-                self.state = "failed"
-                log.warning("%s: cannot move it into its cgroup (%s)", self.agent_id, exc)
-                return
-            finally:
-                for fd in found.values():
-                    os.close(fd)
-            self.state = "complete"
+        if self.settled or self.state != "moved":
+            return
+        found: dict[int, int] = {}
+        try:
+            for pid in pids:
+                if procfs.open_pidfd(found, pid, parent=os.getpid()):
+                    try:
+                        cgroups.write(self.procs, str(pid))
+                    except ProcessLookupError:
+                        continue  # gone meanwhile
+                    self._move_below([pid])
+        except OSError as exc:
+            self.state = "failed"
+            log.warning("%s: cannot move it into its cgroup (%s)", self.agent_id, exc)
+            return
+        finally:
+            for fd in found.values():
+                os.close(fd)
+        self.state = "complete"
 
 
 class Mover:
-    """The thread that does the `Move`s, in the order they were asked for."""
+    """Does the `Move`s asked for, in bursts, from a system task of the trio run."""
 
     def __init__(self, leaders: Container[int]) -> None:
         self._leaders = leaders  # agent leaders: never orphans of a run
-        # moves, and cgroups to remove once their run is over (None: the end)
-        self._queue: queue.SimpleQueue[Move | Path | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._free: dict[str, Path] = {}  # by agent: its last cgroup, empty (the loop's)
+        self._asked: list[Move | Path] = []  # moves, and cgroups to remove
+        self._wake: trio.Event | None = None  # set: the task has work
+        self._free: dict[str, Path] = {}  # by agent: its last cgroup, empty
 
     def reuse(self, agent_id: str) -> Path | None:
         """The agent's last cgroup, if `release` kept it: no other run has it."""
@@ -134,49 +129,50 @@ class Mover:
 
     def release(self, agent_id: str, cgroup: Path) -> None:
         """The run of `cgroup` is over (settled): keep it for the agent's next run if it
-        is empty, else remove it in the thread (what is still populated stays)."""
+        is empty, else remove it (what is still populated stays)."""
         if agent_id not in self._free and not procfs.cgroup_members(cgroup):
             self._free[agent_id] = cgroup
         else:
             self.ask(cgroup)
 
-    def ask(self, move: Move | Path) -> None:
-        """Do `move`, or remove the cgroup `move` (and its empty children)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="supervisor-cgroups")
-            self._thread.daemon = True  # a stop settles every move; nothing is lost
-            self._thread.start()
-        self._queue.put(move)
+    def ask(self, item: Move | Path) -> None:
+        """Do the move `item`, or remove the cgroup `item`, soon (in a trio run)."""
+        self._asked.append(item)
+        if self._wake is None:
+            self._wake = trio.Event()
+            trio.lowlevel.spawn_system_task(self._run, self._wake, name="cgroup moves")
+        self._wake.set()
 
     def close(self) -> None:
-        """Stop the thread once the moves asked for are done. Idempotent."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=10.0)
-            self._thread = None
+        """Do what was asked and not done yet. Idempotent."""
+        self.burst()
 
     def do(self, move: Move) -> None:
-        """`move`, now, in this thread."""
+        """`move`, now."""
         move._move_tree()
         self._complete([move] if move.state == "moved" else [])
 
-    def _run(self) -> None:
+    def burst(self) -> None:
+        """Every move asked for, back to back; one read of our children for them all."""
+        asked, self._asked = self._asked, []
+        moves = [item for item in asked if isinstance(item, Move)]
+        for move in moves:
+            move._move_tree()
+        self._complete([move for move in moves if move.state == "moved"])
+        for item in asked:
+            if isinstance(item, Path):
+                cgroups.remove(item)
+
+    async def _run(self, wake: trio.Event) -> None:
         while True:
-            batch = [self._queue.get()]
-            while not self._queue.empty():  # what came meanwhile: one orphan read for all
-                batch.append(self._queue.get())
-            moves = [move for move in batch if isinstance(move, Move)]
+            await wake.wait()
+            # The spawns of this moment first: the tasks runnable now run before this.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            wake = self._wake = trio.Event()
             try:
-                for move in moves:
-                    move._move_tree()
-                self._complete([move for move in moves if move.state == "moved"])
-                for done in batch:
-                    if isinstance(done, Path):
-                        cgroups.remove(done)
-            except Exception:  # never lose the thread: those runs stay "by ancestry"
+                self.burst()
+            except Exception:  # never lose the task: those runs stay "by ancestry"
                 log.exception("moving agents into their cgroups")
-            if None in batch:
-                return
 
     def _complete(self, moves: list[Move]) -> None:
         """Find the orphans of `moves` among our children (after their sweeps: what was

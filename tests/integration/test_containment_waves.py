@@ -1,7 +1,7 @@
 """Containment at scale: cgroup moves off the loop, and what a stop wave reads.
 
-A run's leader is moved into its cgroup by a thread (`supervisor.runners.moves`); what it
-forked before the move, orphaned meanwhile, must join the cgroup too, and once the move is
+A run's leader is moved into its cgroup in a burst after the spawns
+(`supervisor.runners.moves`); what it forked before the move, orphaned meanwhile, must join the cgroup too, and once the move is
 complete a stop reads the cgroup alone. A wave of stops reads our own children once, not
 once per run (docs/operations.md, "Containment").
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from supervisor.runners import procfs
 from supervisor.runners.containment import LEADERS, AgentProcesses, Containment
@@ -92,11 +93,12 @@ async def test_a_complete_run_is_stopped_by_its_cgroup_alone(
 ) -> None:
     run = cgroup_mode.open_run("e")
     leader = spawn(run, sys.executable, ESCAPE, "daemon", str(tmp_path / "pids"))
-    run.adopt(leader.pid)  # moved by the thread
+    run.adopt(leader.pid)  # moved by the mover's task
     daemon = orphaned(tmp_path / "pids")
     move = run._move
     assert move is not None
-    wait_until(lambda: move.complete, what="the move complete")
+    await trio.testing.wait_all_tasks_blocked()  # the mover's task has had its turn
+    assert move.complete
 
     def no_reading_our_children(pid: int, tid: int) -> list[int]:
         raise AssertionError("a complete run's stop read our children")
@@ -172,7 +174,8 @@ async def test_a_restart_reuses_its_empty_cgroup_and_no_two_runs_share_one(
     first.adopt(leader.pid)
     move = first._move
     assert move is not None
-    wait_until(lambda: move.complete, what="the move complete")
+    await trio.testing.wait_all_tasks_blocked()  # the mover's task has had its turn
+    assert move.complete
     leader.kill()
     await trio.to_thread.run_sync(leader.wait)
     first.settle()
