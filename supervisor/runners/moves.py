@@ -121,6 +121,7 @@ class Mover:
         self._leaders = leaders  # agent leaders: never orphans of a run
         self._asked: list[Move | Path] = []  # moves, and cgroups to remove
         self._wake: trio.Event | None = None  # set: the task has work
+        self._root: trio.lowlevel.Task | None = None  # of the trio run the task is in
         self._free: dict[str, Path] = {}  # by agent: its last cgroup, empty
 
     def reuse(self, agent_id: str) -> Path | None:
@@ -138,8 +139,9 @@ class Mover:
     def ask(self, item: Move | Path) -> None:
         """Do the move `item`, or remove the cgroup `item`, soon (in a trio run)."""
         self._asked.append(item)
-        if self._wake is None:
-            self._wake = trio.Event()
+        root = trio.lowlevel.current_root_task()
+        if self._wake is None or self._root is not root:  # none yet in this trio run
+            self._wake, self._root = trio.Event(), root
             trio.lowlevel.spawn_system_task(self._run, self._wake, name="cgroup moves")
         self._wake.set()
 
