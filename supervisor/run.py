@@ -79,7 +79,7 @@ def run_main(
             return EXIT_INVALID
         try:
             # Bound before any agent starts (a bad address starts nothing), served once
-            # they are (`_serve_after_start`).
+            # they are (`_after_start`).
             bound = bind_api(m.settings, address) if address else None
         except ApiConfigError as exc:
             print(f"cannot serve the API: {exc}", file=sys.stderr)
@@ -91,6 +91,7 @@ def run_main(
             if bound is not None:
                 bound.close()  # (when it was never served)
     finally:
+        gc.enable()  # however it ends (`cmd_run` turned it off)
         logs.shutdown()
 
 
@@ -114,8 +115,7 @@ async def _main(
                 sup.kill_all,
                 lambda: LEADERS,  # every agent leader until its runner reaped it
             )
-            if api is not None:
-                nursery.start_soon(_serve_after_start, sup, api, cluster)
+            nursery.start_soon(_after_start, sup, api, cluster)
             if cluster is not None:  # cancelled after sup.run(): agents stop, then it leaves
                 await nursery.start(cluster.run, sup.request_reconcile, sup.fence)
             if watch is not None:
@@ -147,14 +147,19 @@ async def _main(
     return code
 
 
-async def _serve_after_start(sup: Supervisor, api: BoundApi, cluster: ClusterMember | None) -> None:
-    """Serve the API once the first agents are spawned: importing the HTTP stack takes
-    ~0.1 s of loop time, which the agents' start does not wait for
+async def _after_start(
+    sup: Supervisor, api: BoundApi | None, cluster: ClusterMember | None
+) -> None:
+    """Once the first agents are spawned, collect cyclic garbage again (off since the
+    start: `supervisor.cli.local.cmd_run`), then serve the API: importing the HTTP stack
+    takes ~0.1 s of loop time, which the agents' start does not wait for
     (docs/performance.md#what-limits-ours). "Spawned" is: no task is runnable any more,
     or `API_AFTER` seconds passed (agents that never let the loop idle)."""
     with trio.move_on_after(API_AFTER):
         await wait_all_tasks_blocked()
-    await serve_bound(sup, api, cluster)
+    gc.enable()
+    if api is not None:
+        await serve_bound(sup, api, cluster)
 
 
 def _watch_baseline(m: mf.Manifest) -> str:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -47,6 +48,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # No cyclic garbage collection until the first agents are spawned (`supervisor.run`
+    # turns it back on then): importing the supervisor and reading the manifest made ~70
+    # collections that found next to nothing, ~15 ms of the start (docs/performance.md).
+    gc.disable()
     from supervisor.run import run_main
 
     code = run_main(

@@ -12,8 +12,8 @@ at most `MAX_FOLDER_BYTES` of contents and `MAX_FOLDER_ENTRIES` entries per fold
 
 from __future__ import annotations
 
-import hashlib
 import os
+from _blake2 import blake2b  # hashlib's, without loading OpenSSL (~5 MiB) as hashlib does
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 from typing import Any
@@ -171,7 +171,7 @@ class _Walk:
     """
 
     top: str
-    digest: hashlib.blake2b = attrs.Factory(lambda: hashlib.blake2b(digest_size=16))
+    digest: blake2b = attrs.Factory(lambda: blake2b(digest_size=16))
     size: int = 0  # bytes of contents read so far
     entries: int = 0
 
@@ -228,7 +228,7 @@ class _Walk:
                 raise Refused(f"{show(relative)} {_not_regular(st.st_mode)}")
             if self.size + st.st_size > MAX_FOLDER_BYTES:
                 raise Refused(self._too_big(relative))
-            contents = hashlib.blake2b(digest_size=16)
+            contents = blake2b(digest_size=16)
             try:
                 self.size += read_chunks(fd, MAX_FOLDER_BYTES - self.size, contents.update)
             except TooBig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,30 @@ def test_the_openapi_media_type_of_metrics_is_prometheus_clients() -> None:
     from supervisor.api.openapi import METRICS_MEDIA_TYPE
 
     assert CONTENT_TYPE_PLAIN_0_0_4.split(";")[0] == METRICS_MEDIA_TYPE
+
+
+GC_PROBE = """
+import gc
+
+import trio
+
+
+async def main(ctx):
+    while not gc.isenabled():
+        await trio.sleep(0.01)
+    ctx.status("collecting")
+    open("collecting", "w").close()
+    await trio.sleep_forever()
+"""
+
+
+def test_run_collects_garbage_again_once_the_agents_are_spawned(tmp_path: Path) -> None:
+    # No cyclic collection while `supervisor run` imports and reads the manifest (start
+    # time), but it must come back: without it, cycles would never be freed.
+    (tmp_path / "gcprobe.py").write_text(GC_PROBE)
+    manifest = tmp_path / "agents.toml"
+    manifest.write_text('[agents.probe]\nentry = "gcprobe:main"\n[agents.s]\ncommand = ["true"]\n')
+    with SupervisorProcess(manifest) as sup:
+        wait_until(lambda: (tmp_path / "collecting").exists(), 30, "the collector back on")
+        sup.signal(signal.SIGTERM)
+        assert sup.wait_exit() == 0
