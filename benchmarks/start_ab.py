@@ -1,0 +1,83 @@
+"""Start of N process agents, two (or more) git revisions of ours side by side.
+
+The machine this runs on may be shared and noisy, so a start time means little alone:
+this launches each revision the way the full benchmark does (`peers.Ours`: byte-compiled,
+no editable-install hook) and measures the same start (launch -> all N `sleep` children
+exec'd, read from /proc: `scenarios.measure_start`), the revisions alternating round by
+round, and prints the medians and their ratio. Also printed: launch -> first agent
+running, and the supervisor's own CPU time by then (/proc/PID/schedstat), which load
+on the machine disturbs less than wall time.
+
+    .venv/bin/python benchmarks/start_ab.py main,HEAD [--n 500] [--rounds 5]
+
+A revision is anything `git rev-parse` takes; ``wt`` is the work tree as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import peers
+import scenarios
+
+
+def supervisor_cpu(pid: int) -> float:
+    """Seconds `pid` has run on a CPU so far."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("revs", help="comma-separated revisions (wt: the work tree)")
+    p.add_argument("--n", type=int, default=500, help="process agents (default 500)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per revision (default 5)")
+    p.add_argument("--python", default=str(peers.REPO / ".venv" / "bin" / "python"))
+    a = p.parse_args()
+    revs = a.revs.split(",")
+    cfg = scenarios.Config()
+    ours: dict[str, peers.Ours] = {}
+    for rev in revs:
+        peer = peers.Ours(a.python, None, "" if rev == "wt" else rev)
+        peer.name = f"ours-ab-{len(ours)}"
+        try:
+            peer.setup()
+        except peers.Unavailable as e:
+            print(f"{rev}: {e}", file=sys.stderr)
+            return 2
+        ours[rev] = peer
+    agents = scenarios.agent_set(a.n)
+    start: dict[str, list[float]] = {rev: [] for rev in revs}
+    first: dict[str, list[float]] = {rev: [] for rev in revs}
+    cpu: dict[str, list[float]] = {rev: [] for rev in revs}
+    for i in range(a.rounds):
+        for rev in revs if i % 2 == 0 else revs[::-1]:
+            peer = ours[rev]
+            peer.prepare(str(a.n), agents)
+            try:
+                t, watch = scenarios.measure_start(peer, a.n, cfg)
+                cpu[rev].append(supervisor_cpu(peer.roots()[0]))
+                start[rev].append(t)
+                if watch.first is not None:
+                    first[rev].append(watch.first)
+                time.sleep(0.3)
+                scenarios.measure_shutdown(peer, watch, cfg.shutdown_timeout)
+            finally:
+                peer.kill()
+            time.sleep(0.3)
+    base = statistics.median(start[revs[0]])
+    for rev in revs:
+        med = statistics.median(start[rev])
+        print(
+            f"{rev:>12}: start {med:.3f} s (min {min(start[rev]):.3f}, x{med / base:.3f}), "
+            f"first running {statistics.median(first[rev] or [0]):.3f} s, "
+            f"supervisor CPU by then {statistics.median(cpu[rev]):.3f} s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
