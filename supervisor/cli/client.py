@@ -4,16 +4,18 @@ Standard library only, and the least of it: one HTTP/1.1 request per connection 
 TCP or unix socket (``Connection: close``), written and read here in a few lines, so a
 command like ``supervisor status`` pays for little more than the interpreter's start.
 It imports neither trio, nor the manifest model, nor httpx, nor even `http.client`
-(which loads `email` and `ssl`: 20 ms, docs/performance.md#what-limits-ours). `Api.request`
+(which loads `email` and `ssl`: 20 ms, docs/performance.md#what-limits-ours), nor the
+`socket` module (its enums and `selectors`: 4 ms): `_socket` and `io` do. `Api.request`
 sends one request and reads the whole answer; `Api.stream` hands over the open response,
 for Server-Sent Events (`sse_events`).
 """
 
 from __future__ import annotations
 
+import _socket
+import io
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,28 +181,28 @@ class Api:
         port = self.address.rpartition(":")[2]
         return read_token(int(port)) if port.isdigit() else None
 
-    def _connect(self) -> tuple[socket.socket, str]:
+    def _connect(self) -> tuple[_socket.socket, str]:
         """A connected socket, and the ``Host`` header for it."""
         if self.address.startswith("unix:"):
-            family, where, host = socket.AF_UNIX, self.address.removeprefix("unix:"), "localhost"
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            target: Any = where
-        else:
-            name, _, port = self.address.rpartition(":")
-            if not name or not port.isdigit():
-                raise ClientError(f"API address {self.address!r}: expected HOST:PORT or unix:/path")
-            bare = name.removeprefix("[").removesuffix("]")
-            host = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
-            # an ASCII name as bytes: getaddrinfo then needs no idna codec (1 ms to import)
-            name_arg: Any = bare.encode() if bare.isascii() else bare
-            return socket.create_connection((name_arg, int(port)), timeout=self.timeout), host
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(target)
-        except BaseException:
-            sock.close()
-            raise
-        return sock, host
+            where = self.address.removeprefix("unix:")
+            return _connected(_socket.AF_UNIX, 0, where, self.timeout), "localhost"
+        name, _, port = self.address.rpartition(":")
+        if not name or not port.isdigit():
+            raise ClientError(f"API address {self.address!r}: expected HOST:PORT or unix:/path")
+        bare = name.removeprefix("[").removesuffix("]")
+        host = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+        # an ASCII name as bytes: getaddrinfo then needs no idna codec (1 ms to import)
+        name_arg: Any = bare.encode() if bare.isascii() else bare
+        error: OSError | None = None
+        # socket.create_connection: each address in turn, the first that connects
+        for family, _, proto, _, target in _socket.getaddrinfo(
+            name_arg, int(port), 0, _socket.SOCK_STREAM
+        ):
+            try:
+                return _connected(family, proto, target, self.timeout), host
+            except OSError as exc:
+                error = exc
+        raise error or OSError(f"no address for {bare}")
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
         headers = {"Accept": "application/json", **(extra or {})}
@@ -229,7 +231,7 @@ class Api:
             raise ClientError(self._no_answer()) from None
         except OSError as exc:
             raise ClientError(self._unreachable(exc)) from None
-        received = sock.makefile("rb")
+        received = io.BufferedReader(_Received(sock))
         try:
             head = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
             head += [f"{k}: {v}" for k, v in sent.items()]
@@ -279,6 +281,30 @@ class Api:
                 f"\nset ${TOKEN_ENV}: only the supervisor's own user finds its token by itself"
             )
         return message
+
+
+def _connected(family: int, proto: int, target: Any, timeout: float | None) -> _socket.socket:
+    sock = _socket.socket(family, _socket.SOCK_STREAM, proto)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Received(io.RawIOBase):
+    """What a socket receives, as a raw stream: `socket.makefile("rb")` without `socket`."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
 
 
 def fail_unless(answer: Answer, *ok: int) -> None:

@@ -303,10 +303,11 @@ def test_a_corrupt_state_file_is_reported_and_set_aside(
 # What a client command does not load (docs/performance.md): each is milliseconds of every
 # command's start. http.client loads email and ssl; typing 3 ms; pathlib loads urllib.parse
 # and fnmatch; shutil (argparse's terminal width) zlib, bz2 and lzma; encodings.idna is
-# getaddrinfo's codec for a str host name.
+# getaddrinfo's codec for a str host name; socket (enums, selectors) is _socket and io.
 NOT_IN_A_CLIENT = [
     *("http.client", "email", "ssl", "typing", "pathlib", "urllib.parse", "ipaddress"),
-    *("shutil", "encodings.idna", "trio", "supervisor.manifest", "supervisor.cli.local"),
+    *("shutil", "encodings.idna", "socket", "selectors", "trio", "supervisor.manifest"),
+    "supervisor.cli.local",
 ]
 
 

@@ -150,3 +150,11 @@ def test_a_host_name_is_resolved(server) -> None:  # type: ignore[no-untyped-def
 @pytest.mark.parametrize("text", ["web", "../reload?", "a b/c%", "é€", "\x00\u202e", "-_.~", ""])
 def test_ids_are_quoted_as_urllib_quotes_them(text: str) -> None:
     assert quote(text) == urllib.parse.quote(text, safe="")
+
+
+def test_a_supervisor_that_does_not_answer_is_a_client_error_after_the_timeout() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts (backlog), says nothing
+        port = listener.getsockname()[1]
+        with pytest.raises(ClientError, match=r"did not answer within 0\.2s") as caught:
+            Api(f"127.0.0.1:{port}", timeout=0.2).request("GET", "/agents")
+    assert caught.value.code == 2
