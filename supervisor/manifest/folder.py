@@ -107,6 +107,8 @@ def _agent_files(folder: str) -> tuple[list[str], bool]:
         raise Refused("does not exist") from None
     except OSError as e:
         raise Refused(os_reason(e)) from None
+    except ValueError:  # no file's name holds a NUL (the OS is never asked)
+        raise Refused("has a NUL character: no folder is named so") from None
     if not S_ISDIR(mode):
         raise Refused("is not a folder" if S_ISREG(mode) else f"is {kind_of(mode)}, not a folder")
     try:

@@ -47,6 +47,16 @@ async def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
             assert set(api.sup.slots) == {"a"}
 
 
+async def test_a_folder_path_with_a_nul_is_refused_not_a_500(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_api(tmp_path) as api:
+            for body in ({"id": "b", "path": "x\u0000y"}, {"path": "x\u0000y"}):
+                r = await api.http.post("/agents", json=body)
+                assert r.status_code == 422, r.text
+                assert "has a NUL character" in r.text
+            assert set(api.sup.slots) == {"a"}
+
+
 async def test_since_is_stable_for_an_untouched_agent(tmp_path: Path) -> None:
     with trio.fail_after(10):
         async with open_api(tmp_path) as api:
