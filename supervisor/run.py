@@ -137,6 +137,8 @@ async def _main(
         # Orphans no agent's run could claim (they left its group and cleared their
         # environment): nothing of ours outlives us.
         kill_strays(set() if keeper is None else {keeper.pid})
+        if keeper is not None:
+            keeper.quit()  # it reads its last lines while the cgroups are removed
         containment.close()
         if keeper is not None:
             keeper.close()

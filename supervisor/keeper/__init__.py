@@ -41,7 +41,6 @@ caller may skip it there.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -78,7 +77,7 @@ class Keeper:
         shell's wherever ``/bin/sh`` and ``grep`` are there.
         """
         read_end, write_end = os.pipe()  # both close-on-exec: no other child holds them
-        mark = f"{os.getpid()}-{secrets.token_hex(8)}"
+        mark = f"{os.getpid()}-{os.urandom(8).hex()}"
         if shell is None:
             shell = os.access(SHELL, os.X_OK) and shutil.which("grep", path=_PATH) is not None
         if shell:
@@ -120,12 +119,10 @@ class Keeper:
         """The group `pgid` is gone; forget it (its number may be reused)."""
         self._send(b"-%d\n" % pgid)
 
-    def close(self) -> None:
-        """Let the keeper exit without killing anything, and reap it. Idempotent.
-
-        Call at graceful shutdown, once every group is stopped. Waits (briefly, at most
-        a second) for the keeper to read ``q`` and exit.
-        """
+    def quit(self) -> None:
+        """Tell the keeper to exit without killing anything; `close` reaps it. Call at
+        graceful shutdown, once every group is stopped: the keeper reads what it has not
+        read yet meanwhile. Idempotent."""
         if self._pipe is None:
             return
         # Blocking, to be sure every pending line (unregistrations above all) is read
@@ -137,6 +134,14 @@ class Keeper:
             pass  # the keeper is gone already
         os.close(self._pipe)
         self._pipe = None
+
+    def close(self) -> None:
+        """Let the keeper exit without killing anything (`quit`), and reap it.
+        Idempotent. Waits (briefly, at most a second) for it to read ``q`` and exit.
+        """
+        self.quit()
+        if self._process.returncode is not None:
+            return
         try:
             self._process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
-import secrets
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,7 +63,7 @@ _RUNS: set[AgentProcesses] = set()  # live runs, for `kill_every_run`
 _KILL_ROUNDS = 64  # SIGKILL sweeps before giving up on a tree that keeps forking
 _KEPT_MAX = 1024  # pidfds a stop keeps per run (beyond, later sweeps find the rest)
 _runs = itertools.count()
-_token = secrets.token_hex(6)
+_token = os.urandom(6).hex()
 
 
 def become_subreaper() -> bool:
