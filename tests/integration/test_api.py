@@ -122,6 +122,17 @@ async def wait_for(condition: Callable[[], object]) -> None:
         await trio.sleep(0.005)
 
 
+async def read_to_end(stream: trio.SocketStream) -> bytes:
+    """All the server sent until it closed the connection (or reset it)."""
+    got = b""
+    try:
+        while chunk := await stream.receive_some():
+            got += chunk
+    except trio.BrokenResourceError:
+        pass
+    return got
+
+
 # -- reading ------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from supervisor.api import server
 from supervisor.api.body import MAX_BODY
 from supervisor.api.tokenfile import read_token
 
-from .test_api import AGENTS, Api, open_api, wait_for
+from .test_api import AGENTS, Api, open_api, read_to_end, wait_for
 from .test_observe_load import connection_tasks
 
 JSON_TYPE = "Content-Type: application/json"
@@ -67,16 +67,6 @@ class Reader:
         while not isinstance(event := await self.event(), h11.EndOfMessage):
             body += event.data
         return response.status_code, dict(response.headers), body
-
-
-async def read_to_end(stream: trio.SocketStream) -> bytes:
-    got = b""
-    try:
-        while chunk := await stream.receive_some():
-            got += chunk
-    except trio.BrokenResourceError:
-        pass
-    return got
 
 
 async def test_pipelined_requests_are_answered_in_order_on_one_connection(tmp_path: Path) -> None:
