@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import supervisor.lazyssl  # noqa: F401  # isort: skip  (first: OpenSSL stays unloaded)
+import supervisor.lazyimports  # noqa: F401  # isort: skip  (first: what it keeps unloaded)
 import gc
 import os
 import resource

@@ -82,7 +82,9 @@ def _answer(
     return JSONResponse({"error": message, **(extra or {})}, status_code=status, **kw)
 
 
-def _on_api_error(request: Request, exc: Exception) -> Response:
+def error_answer(request: Request, exc: Exception) -> Response:
+    """The answer to an `ApiError` (for middleware too, which answers outside Starlette's
+    handlers)."""
     assert isinstance(exc, ApiError)
     if exc.status == 403:  # a wrong token, or changes asked for over the network
         client = request.client.host if request.client and request.client.host else "local"
@@ -90,10 +92,15 @@ def _on_api_error(request: Request, exc: Exception) -> Response:
     return _answer(exc.status, exc.message, exc.extra, headers=exc.headers)
 
 
-error_answer = _on_api_error  # for middleware, which answers outside Starlette's handlers
+# The handlers are coroutine functions: Starlette runs any other in a worker thread (a
+# thread, and anyio's trio backend with its TLS streams: OpenSSL) for every error.
 
 
-def _on_http_exception(request: Request, exc: Exception) -> Response:
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    return error_answer(request, exc)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
     # Starlette's router raises these: 404 unknown route, 405 wrong method (with Allow).
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
@@ -109,7 +116,7 @@ def _on_http_exception(request: Request, exc: Exception) -> Response:
     return _answer(exc.status_code, message, headers=headers)
 
 
-def _on_unexpected(request: Request, exc: Exception) -> Response:
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # Starlette logs nothing and the server logs the traceback after us; say which
     # request it was.
     log.error("API %s %s failed: %r", request.method, request.url.path, exc)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import SupervisorProcess, wait_until
 
 # Loaded only when used: the metrics library at the first scrape of /metrics, watchfiles
@@ -64,9 +66,31 @@ def test_run_spawns_before_it_imports_the_http_stack() -> None:
     assert out.stdout.strip() == "[]"
 
 
-# OpenSSL's libraries (~5 MiB) load only when something uses TLS or hashes
-# (`supervisor.lazyssl`); hypercorn is not used at all.
-NEVER_LOADED = ["hypercorn", "_ssl", "_hashlib"]
+# OpenSSL's libraries (~5 MiB) load only when something uses TLS or hashes, and asyncio,
+# http.client (with the email package), email.utils, html, http.cookies and idna only
+# when used (`supervisor.lazyimports`); hypercorn is not used at all. A lazy module is in
+# sys.modules, but not loaded (its type is `_Lazy`).
+NEVER_LOADED = [
+    "hypercorn",
+    "_ssl",
+    "_hashlib",
+    "ssl",
+    "hashlib",
+    "hmac",
+    "asyncio",
+    "asyncio.events",
+    "http.client",
+    "email.parser",
+    "email.message",
+    "email.utils",
+    "calendar",
+    "html",
+    "html.entities",
+    "http.cookies",
+    "idna",
+    "idna.core",
+    "anyio._backends._trio",  # a sync handler of errors would run in anyio's worker thread
+]
 OPENSSL = ("libssl", "libcrypto")
 
 REPORTER = """
@@ -78,16 +102,17 @@ async def report(ctx):
     while not Path(ctx.params["ask"]).exists():
         await trio.sleep(0.02)
     maps = Path("/proc/self/maps").read_text()
-    loaded = [m for m in ctx.params["modules"] if m in sys.modules]
+    modules = [(m, sys.modules.get(m)) for m in ctx.params["modules"]]
+    loaded = [m for m, module in modules if module is not None and type(module).__name__ != "_Lazy"]
     loaded += [lib for lib in ctx.params["libraries"] if lib in maps]
     Path(ctx.params["out"]).write_text(json.dumps(loaded))
     await trio.sleep_forever()
 """
 
 
-def test_a_running_supervisor_has_not_loaded_openssl_or_hypercorn(tmp_path: Path) -> None:
-    """Asked after its API answered a request, by an in-process agent (which runs in the
-    supervisor's process)."""
+def test_a_running_supervisor_has_not_loaded_what_it_does_not_use(tmp_path: Path) -> None:
+    """Asked after its API answered requests (a listing, a 404, a 403), by an in-process
+    agent (which runs in the supervisor's process)."""
     (tmp_path / "reporter.py").write_text(REPORTER)
     ask, out = tmp_path / "ask", tmp_path / "out"
     params = {"ask": str(ask), "out": str(out), "modules": NEVER_LOADED, "libraries": OPENSSL}
@@ -100,20 +125,33 @@ def test_a_running_supervisor_has_not_loaded_openssl_or_hypercorn(tmp_path: Path
     ) as sup:
         wait_until(lambda: "API on 127.0.0.1:" in sup.output(), 30, "the API")
         port = int(sup.output().split("API on 127.0.0.1:")[1].split()[0])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("GET", "/agents", headers={"Authorization": f"Bearer {token}"})
-        assert conn.getresponse().status == 200
-        conn.close()
+        for path, auth, status in [
+            ("/agents", token, 200),
+            ("/agents/nobody", token, 404),
+            ("/agents", "wrong", 403),
+        ]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", path, headers={"Authorization": f"Bearer {auth}"})
+            response = conn.getresponse()
+            assert response.status == status
+            response.read()
+            conn.close()
         ask.touch()
         wait_until(out.exists, 30, "the report")
         wait_until(lambda: out.read_text(), 5, "the report written")
         assert json.loads(out.read_text()) == []
 
 
-LAZY_OPENSSL_WORKS = """
-import supervisor.lazyssl
+LAZY_MODULES_WORK = """
+import supervisor.lazyimports
 import sys, trio, supervisor.run, supervisor.api.app
+lazy = [m for m in supervisor.lazyimports.LAZY if type(sys.modules[m]).__name__ == "_Lazy"]
+assert lazy == list(supervisor.lazyimports.LAZY), lazy
 assert "_ssl" not in sys.modules and "_hashlib" not in sys.modules, sorted(sys.modules)
+import opcode
+assert opcode.opmap["IMPORT_NAME"] == supervisor.lazyimports._IMPORT_NAME
+
+# OpenSSL
 import hmac, secrets, hashlib, ssl, asyncio.sslproto
 assert hmac.compare_digest(b"a", b"a") and not hmac.compare_digest(b"a", b"b")
 assert len(secrets.token_hex(8)) == 16
@@ -127,11 +165,42 @@ assert asyncio.sslproto.SSLAgainErrors == (ssl.SSLWantReadError, ssl.SSLSyscallE
 print("ok")
 """
 
+LAZY_STDLIB_WORKS = """
+import supervisor.lazyimports
+import sys, trio, supervisor.api.app
+from unittest import mock
+from starlette._utils import is_async_callable
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
-def test_openssl_loads_when_used() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", LAZY_OPENSSL_WORKS], capture_output=True, text=True, timeout=60
-    )
+async def coroutine_function(): pass
+assert is_async_callable(coroutine_function) and not is_async_callable(len)
+assert HTTPException(418).detail == "I'm a Teapot" and HTTPException(404).detail == "Not Found"
+response = Response()
+response.set_cookie("k", "v", expires=10)  # http.cookies and email.utils, for real
+assert b"k=v" in response.headers.raw[-1][1] and b"expires=" in response.headers.raw[-1][1]
+import html, idna
+assert html.escape("<a>") == "&lt;a&gt;" and html.unescape("&eacute;") == "\u00e9"
+assert idna.encode("b\u00fccher.de") == b"xn--bcher-kva.de"
+assert trio._socket._idna.decode(b"xn--bcher-kva.de") == "b\u00fccher.de"
+from http.client import HTTPConnection, responses  # the real module, by now
+assert responses[404] == "Not Found" and HTTPConnection.__module__ == "http.client"
+assert supervisor.lazyimports._SERVED["http.client", "responses"] == responses
+# asyncio, the last: once imported, asyncio.iscoroutinefunction is its own
+assert "asyncio.events" not in sys.modules
+assert is_async_callable(mock.AsyncMock())  # imports asyncio: marked by asyncio only
+import asyncio.events
+import asyncio
+assert asyncio.run(asyncio.sleep(0, "done")) == "done"
+from asyncio import events, iscoroutinefunction
+assert events is asyncio.events and iscoroutinefunction is asyncio.coroutines.iscoroutinefunction
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("code", [LAZY_MODULES_WORK, LAZY_STDLIB_WORKS])
+def test_lazy_modules_load_when_used(code: str) -> None:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr
 
 
