@@ -88,6 +88,14 @@ class Supervisor(ControlRequests):
         self.events = EventBus()  # every change, once (docs/api.md, GET /events)
         self.loop_lag = LoopLag(self.slots)  # installed with the first in-process agent
         self._runner = runner or make_runner()
+        self._new_slot = partial(  # its hooks bound once, not a bound method per slot each
+            Slot,
+            runner=self._runner,
+            wait_after=self._wait_after,
+            on_change=self._on_slot_change,
+            may_start=self.placement.may_start,
+            events=self.events,
+        )
         self._send, self._recv = trio.open_memory_channel[tuple[_Op, _Reply]](math.inf)
         self._reload_replies: list[_Reply] | None = None
         self._reconcile_queued = False
@@ -323,15 +331,7 @@ class Supervisor(ControlRequests):
 
     def _add(self, spec: AgentSpec, source: Source) -> Slot:
         assert self._nursery is not None
-        slot = Slot(
-            spec,
-            self._runner,
-            source=source,
-            wait_after=self._wait_after,
-            on_change=self._on_slot_change,
-            may_start=self.placement.may_start,
-            events=self.events,
-        )
+        slot = self._new_slot(spec, source=source)
         previous = self.slots.get(spec.id)
         if previous is not None:  # restarted by a reload: its recent output goes on
             slot.keep_output_of(previous)

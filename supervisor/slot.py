@@ -3,9 +3,10 @@
 The life task starts the agent through its runner, waits for it to be ready (within
 `start_timeout`), watches it end, asks the `RestartPolicy` what next, backs off and
 starts it again, until the policy gives up (``exited`` / ``failed``) or a stop is
-requested (``stopped``). A stop cancels the life task's scope; the runner then stops the
-agent within its `stop_timeout` (shielded, bounded), so once `wait_stopped()` returns
-nothing of the agent is left.
+requested (``stopped``). A stop cancels the scope the life task awaits in (one at a time: the
+wait for `after`, an attempt with its start timer as the deadline, a backoff); the runner
+then stops the agent within its `stop_timeout` (shielded, bounded), so once
+`wait_stopped()` returns nothing of the agent is left.
 
 Every change of state, pid or history replaces ``changed`` (an event set on change), so
 readers wait for a change at O(1) cost and nothing polls.
@@ -59,6 +60,9 @@ class Slot(AgentSays):
     blocked_steps = 0
     loop_time = 0.0  # seconds its tasks held the loop, all steps (in-process, health/lag.py)
     _failure: str | None = None  # why `fail` ended the run under way
+    active = False  # whether the life task is running (from `launch` until it has returned)
+    _stop_requested = False  # `stop` was called during this life
+    _launches = 0  # lives begun: `wait_stopped` waits for the end of its own
 
     def __init__(
         self,
@@ -90,10 +94,9 @@ class Slot(AgentSays):
         self._may_start = may_start
         self.refused: str | None = None  # why the last start was not allowed (may_start)
         self._events = events
-        self._scope: trio.CancelScope | None = None
-        self._done: trio.Event | None = None  # while the life task runs
-        # During an attempt: its start timer (a deadline scope around the runner), and
-        # whether the agent said it is ready.
+        self._scope: trio.CancelScope | None = None  # the one the life task awaits in
+        # During an attempt: its scope, whose deadline is the start timer, and whether
+        # the agent said it is ready.
         self._timer: trio.CancelScope | None = None
         self._is_ready = False
         self._stop_callback: Callable[[], None] | None = None
@@ -113,11 +116,6 @@ class Slot(AgentSays):
         return self.state == "running"
 
     @property
-    def active(self) -> bool:
-        """Whether the life task is running (from `launch` until it has returned)."""
-        return self._done is not None
-
-    @property
     def changed(self) -> trio.Event:
         """An event set at the slot's next change of state, pid, status or history."""
         if self._changed is None:
@@ -127,8 +125,9 @@ class Slot(AgentSays):
     def launch(self, nursery: trio.Nursery) -> None:
         """Start the life task in `nursery`. The slot must not be active."""
         assert not self.active, f"{self.spec.id} launched twice"
-        self._scope = trio.CancelScope()
-        self._done = trio.Event()
+        self.active = True
+        self._launches += 1
+        self._stop_requested = False
         self.refused = None
         self._set("starting", "")
         if self.health is not None:
@@ -137,18 +136,21 @@ class Slot(AgentSays):
 
     def stop(self) -> None:
         """Request a stop; `wait_stopped()` returns once the agent is gone. Idempotent."""
-        if self.active and self._scope is not None and not self._scope.cancel_called:
+        if self.active and not self._stop_requested:
+            self._stop_requested = True
             self._set("stopping", "stop requested")
             if self._stop_callback is not None:
                 self._stop_callback()  # the runner's first word of the stop
-            self._scope.cancel()
+            if self._scope is not None:
+                self._scope.cancel()
 
     async def wait_stopped(self) -> None:
         """Wait until the life task has returned (stopped, exited or failed)."""
-        if self._done is not None:
-            await self._done.wait()
-        else:
+        launches = self._launches
+        if not self.active:
             await trio.lowlevel.checkpoint()
+        while self.active and self._launches == launches:
+            await self.changed.wait()
 
     async def wait_started(self) -> str | None:
         """Wait for the current start to settle: None once running (or exited ok).
@@ -232,8 +234,7 @@ class Slot(AgentSays):
     def fail(self, reason: str) -> None:
         """End the run under way as failed with `reason`: stopped like a stop, then the
         restart policy decides. Ignored outside a run, or once a stop was requested."""
-        stopping = self._scope is not None and self._scope.cancel_called
-        if self._timer is None or stopping or self._failure is not None:
+        if self._timer is None or self._stop_requested or self._failure is not None:
             return
         self._failure = reason
         log.warning("%s: %s; stopping it", self.spec.id, reason, extra={"about": self.spec.id})
@@ -269,97 +270,96 @@ class Slot(AgentSays):
     # -- the life task ----------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._scope is not None
+        """The whole life in one frame (each frame of a waiting task is kept)."""
         if self.spec.kind == "in-process":
             RUNNING_AGENT.set(self)  # its steps count as its CPU time
         try:
-            with self._scope:
-                await self._life()
+            if self._wait_after is not None and self.spec.after:
+                self.reason = "waiting for " + ", ".join(self.spec.after)
+                self._notify()
+                with self._cancellable():
+                    why = await self._wait_after(self.spec)
+                if self._stop_requested:
+                    return
+                if why is not None:
+                    self._set("failed", why)
+                    return
+            policy = None  # made at the first end: most agents never end
+            while self.may_spawn() is None:
+                self._set("starting", "")
+                self._attempt_begins()
+                got: Outcome | None = None
+                try:  # the start timer is the deadline of the scope, lifted by `ready()`
+                    with self._cancellable(self.spec.start_timeout) as self._timer:
+                        try:
+                            if (health := self.health) is None:
+                                got = await self._runner(self.spec, self)
+                            else:
+                                got = await run_monitored(
+                                    self._runner, self.spec, self, health, self._nursery
+                                )
+                        finally:
+                            self._timer = None
+                            self._stop_callback = None
+                except trio.Cancelled:  # from outside (its nursery): keep how it ended
+                    self._record(self._stop_outcome or Outcome(), stopped=True)
+                    raise
+                self.pid = None
+                if self._stop_requested and got is None:  # a stop ended it
+                    self._record(self._stop_outcome or Outcome(), stopped=True)
+                    return
+                if self.refused is not None:
+                    break  # refused by the runner's last check (may_spawn): nothing ran
+                now = trio.current_time()
+                ran_for = 0.0 if self.started_at is None else now - self.started_at
+                outcome = self._ended(got)
+                self._record(outcome)
+                policy = policy or RestartPolicy(self.spec)
+                decision = policy.decide(outcome, ran_for=ran_for, now=now)
+                if not isinstance(decision, Restart):
+                    self._set("failed" if decision.failed else "exited", decision.reason)
+                    return
+                self.restarts += 1
+                self._set("backoff", f"{describe(outcome)}; restart in {decision.delay:.2f}s")
+                with self._cancellable(decision.delay):
+                    await trio.sleep_forever()
+                if self._stop_requested:
+                    return
+            self._set("stopped", f"not started: {self.refused}")
         finally:
             self.pid = None
-            done, self._done = self._done, None
+            self.active = False
             if self.state in ACTIVE:
                 killed = bool(self.exits) and self.exits[-1].killed
                 self._set(
                     "stopped", "SIGKILL after stop_timeout" if killed else "stopped on request"
                 )
-            assert done is not None
-            done.set()
             self._notify()
 
-    async def _life(self) -> None:
-        if self._wait_after is not None and self.spec.after:
-            self.reason = "waiting for " + ", ".join(self.spec.after)
-            self._notify()
-            why = await self._wait_after(self.spec)
-            if why is not None:
-                self._set("failed", why)
-                return
-        policy = RestartPolicy(self.spec)
-        while self.may_spawn() is None:
-            self._set("starting", "")
-            if self._stop_outcome is not None:
-                self._stop_outcome = None
-            try:
-                outcome, ran_for = await self._attempt()
-            except trio.Cancelled:  # a stop: keep how the run ended too
-                self._record(self._stop_outcome or Outcome(), stopped=True)
-                raise
-            if self.refused is not None:
-                break  # refused by the runner's last check (may_spawn): nothing ran
-            now = trio.current_time()
-            self._record(outcome)
-            decision = policy.decide(outcome, ran_for=ran_for, now=now)
-            if isinstance(decision, Restart):
-                self.restarts += 1
-                self._set("backoff", f"{describe(outcome)}; restart in {decision.delay:.2f}s")
-                await trio.sleep(decision.delay)
-            else:
-                self._set("failed" if decision.failed else "exited", decision.reason)
-                return
-        self._set("stopped", f"not started: {self.refused}")
+    def _cancellable(self, timeout: float = math.inf) -> trio.CancelScope:
+        """The scope of the life task's next wait, ending after `timeout` s: `stop`
+        cancels it. One at a time (each scope in effect costs two sets in trio)."""
+        scope = self._scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+        if self._stop_requested:
+            scope.cancel()
+        return scope
+
+    def _ended(self, outcome: Outcome | None) -> Outcome:
+        """How the attempt ended: the runner's outcome, or why it was cut short."""
+        killed = self._stop_outcome is not None and self._stop_outcome.killed
+        if self._failure is not None:  # `fail` ended it: a monitor, or WATCHDOG=trigger
+            failure, self._failure = self._failure, None
+            return Outcome(error=failure, killed=killed)
+        if outcome is None:  # its scope caught the cancellation: the start timer
+            why = f"start timeout: not ready within {self.spec.start_timeout:g}s"
+            return Outcome(error=why, killed=killed)
+        return outcome
 
     def _record(self, outcome: Outcome, *, stopped: bool = False) -> None:
         self.exits.append(ExitRecord.of(outcome, trio.current_time(), stopped=stopped))
         del self.exits[:-HISTORY]
         if not stopped:
             self.attempts_ended += 1
-
-    async def _attempt(self) -> tuple[Outcome, float]:
-        """Run the agent once; return how it ended and how long it ran ready.
-
-        The start timer is a deadline on the scope around the runner, lifted by
-        `ready()`: no extra task per agent. If it fires, the cancellation stops the agent
-        like any stop (bounded by stop_timeout) and the start counts as failed.
-        """
-        self._is_ready = False
-        if self._reloading:
-            self._reloading = False
-        self.started_at = None
-        outcome: Outcome | None = None
-        with trio.CancelScope(deadline=trio.current_time() + self.spec.start_timeout) as timer:
-            self._timer = timer
-            try:
-                if (health := self.health) is None:
-                    outcome = await self._runner(self.spec, self)
-                else:
-                    outcome = await run_monitored(
-                        self._runner, self.spec, self, health, self._nursery
-                    )
-            finally:
-                self._timer = None
-                self._stop_callback = None
-        self.pid = None
-        ran_for = 0.0 if self.started_at is None else trio.current_time() - self.started_at
-        killed = self._stop_outcome is not None and self._stop_outcome.killed
-        if self._failure is not None:  # `fail` ended it: a monitor, or WATCHDOG=trigger
-            failure, self._failure = self._failure, None
-            return Outcome(error=failure, killed=killed), ran_for
-        if timer.cancelled_caught or outcome is None:
-            timeout = self.spec.start_timeout
-            why = f"start timeout: not ready within {timeout:g}s"
-            return Outcome(error=why, killed=killed), ran_for
-        return outcome, ran_for
 
     # -- state ------------------------------------------------------------------------
 

@@ -42,11 +42,21 @@ class AgentSays:
     state: State
     _timer: trio.CancelScope | None  # the start timer, while a run is under way
     _is_ready: bool
+    started_at: float | None  # when it last became running
     _reloading = False  # said RELOADING=1, not yet READY=1 again
     _stop_outcome: Outcome | None = None  # how a run ended by a stop ended (`stopped()`)
 
     def _set(self, state: State, reason: str) -> None:
         raise NotImplementedError
+
+    def _attempt_begins(self) -> None:
+        """What the agent said in its last attempt is forgotten."""
+        self.started_at = None
+        if self._stop_outcome is not None:
+            self._stop_outcome = None
+        self._is_ready = False
+        if self._reloading:
+            self._reloading = False
 
     def stopping(self) -> None:
         if self._timer is not None and self.state != "stopping":

@@ -162,6 +162,50 @@ async def test_restart_after_stop_keeps_history(autojump_clock: trio.testing.Moc
     assert len(script.starts) == 3
 
 
+async def test_wait_stopped_ends_with_its_own_life(autojump_clock: trio.testing.MockClock) -> None:
+    # A waiter that runs only after the slot was launched again still returns: it waited
+    # for the end of the life under way when it began, not the next one's.
+    script = Script()
+    nurseries: list[trio.Nursery] = []
+
+    def launch_again(slot: Slot) -> None:  # at the end of the first life, synchronously
+        if not slot.active and len(script.starts) == 1:
+            slot.launch(nurseries[0])
+
+    slot = Slot(make_spec(), script, on_change=launch_again)
+    returned: list[float] = []
+
+    async def waiter() -> None:
+        await slot.wait_stopped()
+        returned.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nurseries.append(nursery)
+        slot.launch(nursery)
+        await wait_state(slot, "running")
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        slot.stop()
+        with trio.fail_after(1000):
+            while len(script.starts) < 2:
+                await slot.changed.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert returned == [0]
+        slot.stop()
+    assert slot.active is False
+
+
+async def test_stop_before_the_life_task_ran(autojump_clock: trio.testing.MockClock) -> None:
+    script = Script()
+    slot = Slot(make_spec(), script)
+    async with trio.open_nursery() as nursery:
+        slot.launch(nursery)
+        slot.stop()
+        await slot.wait_stopped()
+    assert (slot.state, slot.reason, slot.active) == ("stopped", "stopped on request", False)
+    assert script.cleanups == len(script.starts)
+
+
 async def test_disabled_slot_is_not_started() -> None:
     slot = Slot(make_spec(enabled=False), Script())
     assert (slot.state, slot.reason, slot.active) == ("stopped", "disabled", False)
