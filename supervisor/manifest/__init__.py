@@ -145,7 +145,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 # What the last successful `load` built, by manifest path, for the next load to reuse.
-_last_built: dict[Path, dict[str, Built]] = {}
+_last_built: dict[Path, Built] = {}
 
 
 @attrs.frozen
@@ -203,7 +203,7 @@ def load(source: Path | Parsed) -> Manifest:
     included = list(_included(settings.include, path, base, problems))
     _check_state_file(settings.state_file, path, [p for p, _ in included], label, problems)
     defaults = read_defaults(tables.defaults, label, base, problems)
-    reuse = _last_built.get(path, {})
+    reuse = _last_built.get(path)
     agents = Agents(base, os.path.dirname(path), defaults, problems, reuse)
     agents.add_table(tables.agents, label)
     for included_path, included_label in included:
@@ -211,7 +211,7 @@ def load(source: Path | Parsed) -> Manifest:
     agents.check_after()
     problems.raise_if_any()
     _last_built.clear()  # one manifest's worth, not one per path ever loaded
-    _last_built[path] = agents.built
+    _last_built[path] = agents.built()
     return Manifest(path=path, settings=settings, agents=agents.specs, defaults=tables.defaults)
 
 

@@ -48,33 +48,54 @@ def read_defaults(
     return values
 
 
-# What an agent's spec was built from: its table as written, and the `[defaults]` values.
-Built = tuple[Any, dict[str, Any], AgentSpec]
+@attrs.frozen
+class Built:
+    """What a load built, for the next load of the same manifest to reuse (`Agents`).
+
+    `written` holds each agent's table as written, as its `repr` (equal reprs are equal
+    TOML values; agents of equal tables share one string), and only for agents that are
+    not folder agents; `specs` is the load's specs, the manifest's own dict.
+    """
+
+    defaults: dict[str, Any]
+    written: dict[str, str]
+    specs: Mapping[str, AgentSpec]
 
 
 @attrs.define
 class Agents:
     """The agents of one manifest, gathered file by file, then checked together.
 
-    `reuse` holds what the previous load of the same manifest built, by id: an agent
-    whose table and `[defaults]` are equal to those gets the previous spec object back
-    instead of being structured and checked again (a spec is a pure function of them;
-    folder agents excepted, whose files may change behind an equal table). A reload of a
-    10,000-agent file that changes a few then costs little more than parsing it, and the
-    plan compares unchanged specs by identity. `built` is what this load hands on.
+    `reuse` is what the previous load of the same manifest built: an agent whose table
+    and `[defaults]` are equal to those gets the previous spec object back instead of
+    being structured and checked again (a spec is a pure function of them; folder agents
+    excepted, whose files may change behind an equal table). A reload of a 10,000-agent
+    file that changes a few then costs little more than parsing it, and the plan
+    compares unchanged specs by identity. Within one load, an agent whose table is equal
+    to an earlier one's that had no problem gets that agent's values (its own `params`
+    and `env` dicts: agents never share one), not a second structuring: a fleet of
+    agents written alike costs one check. `built()` is what this load hands on.
     """
 
     base: Path
     shown_base: str  # the manifest's folder as the user wrote it, for messages
     defaults: dict[str, Any]
     problems: Problems
-    reuse: Mapping[str, Built] = attrs.Factory(dict)
+    reuse: Built | None = None
     specs: dict[str, AgentSpec] = attrs.Factory(dict)
     declared: dict[str, str] = attrs.Factory(dict)  # every id seen -> its file's label
-    built: dict[str, Built] = attrs.Factory(dict)
+    written: dict[str, str] = attrs.Factory(dict)
+    # This load's tables without a problem, by repr: (that repr, merged values, root).
+    _alike: dict[str, tuple[str, dict[str, Any], Path]] = attrs.Factory(dict)
+
+    def built(self) -> Built:
+        return Built(self.defaults, self.written, self.specs)
 
     def add_table(self, agents: dict[str, Any], label: str) -> None:
         """Add the agents of one file's `[agents]` table; `label` names the file."""
+        reuse = self.reuse
+        if reuse is not None and reuse.defaults != self.defaults:
+            reuse = None
         for agent_id, table in agents.items():
             if agent_id.startswith("x-"):
                 continue
@@ -84,23 +105,40 @@ class Agents:
                 continue
             self.declared[agent_id] = label
             check_id(agent_id, label, self.problems)
-            before = self.reuse.get(agent_id)
-            if before is not None and before[0] == table and before[1] == self.defaults:
-                spec: AgentSpec | None = before[2]
+            written = repr(table)
+            alike = self._alike.get(written)
+            if alike is not None:
+                written = alike[0]  # one string for all of them
+            if reuse is not None and reuse.written.get(agent_id) == written:
+                spec: AgentSpec | None = reuse.specs[agent_id]
+            elif alike is not None:
+                spec = _spec(agent_id, _own_copy(alike[1]), root=alike[2], digest="")
             else:
-                spec = build_agent(
-                    agent_id,
-                    table,
-                    label=label,
-                    base=self.base,
-                    shown_base=self.shown_base,
-                    defaults=self.defaults,
-                    problems=self.problems,
-                )
+                spec = self._build(agent_id, table, label, written)
             if spec is not None:
                 self.specs[agent_id] = spec
                 if spec.path is None:
-                    self.built[agent_id] = (table, self.defaults, spec)
+                    self.written[agent_id] = written
+
+    def _build(self, agent_id: str, table: Any, label: str, written: str) -> AgentSpec | None:
+        """The first agent of its table in this load: structured and checked."""
+        before = len(self.problems.messages)
+        layers = agent_layers(
+            agent_id,
+            table,
+            label=label,
+            base=self.base,
+            shown_base=self.shown_base,
+            defaults=self.defaults,
+            problems=self.problems,
+        )
+        if layers is None:
+            return None
+        values, root, digest = layers
+        spec = _spec(agent_id, values, root=root, digest=digest)
+        if spec.path is None and len(self.problems.messages) == before:
+            self._alike[written] = (written, values, root)
+        return spec
 
     def add_file(self, path: Path, label: str) -> None:
         """Add the agents of an included file, which may hold nothing else."""
@@ -140,6 +178,32 @@ def build_agent(
     Precedence, lowest first: built-in defaults, `[defaults]`, a folder's agent.toml,
     the agent's own table.
     """
+    layers = agent_layers(
+        agent_id,
+        table,
+        label=label,
+        base=base,
+        shown_base=shown_base,
+        defaults=defaults,
+        problems=problems,
+    )
+    if layers is None:
+        return None
+    values, root, digest = layers
+    return _spec(agent_id, values, root=root, digest=digest)
+
+
+def agent_layers(
+    agent_id: str,
+    table: Any,
+    *,
+    label: str,
+    base: Path,
+    shown_base: str,
+    defaults: dict[str, Any],
+    problems: Problems,
+) -> tuple[dict[str, Any], Path, str] | None:
+    """What `build_agent` builds a spec of: the merged values, the root and the digest."""
     given = (
         [key for key in KIND_KEYS if table.get(key) is not None] if isinstance(table, dict) else []
     )
@@ -153,7 +217,7 @@ def build_agent(
     if own is None or len(given) != 1:
         return None
     if "path" not in own:
-        return _spec(agent_id, _merge(defaults, own), root=base, digest="")
+        return _merge(defaults, own), base, ""
     shown = os.path.normpath(os.path.join(shown_base, own["path"]))
     where = agent_where(agent_id)
     folder = read_folder(own["path"], shown, where=where, label=label, base=base, problems=problems)
@@ -161,7 +225,7 @@ def build_agent(
         return None
     values = _merge(_merge(defaults, folder.values), own)
     values["path"] = folder.path
-    return _spec(agent_id, values, root=folder.path, digest=folder.digest)
+    return values, folder.path, folder.digest
 
 
 def _dotted_id_hint(agent_id: str, table: dict[str, Any]) -> str:
@@ -184,6 +248,15 @@ def _merge(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]:
         if key in lower:
             merged[key] = {**lower[key], **upper.get(key, {})}
     return merged
+
+
+def _own_copy(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` for another agent: a fresh dict, with its own `params` and `env`."""
+    copy = {**values}
+    for key in ("params", "env"):
+        if key in copy:
+            copy[key] = {**copy[key]}
+    return copy
 
 
 def _spec(agent_id: str, values: dict[str, Any], *, root: Path, digest: str) -> AgentSpec:

@@ -92,7 +92,10 @@ async def interrupts_while_stopping(ctx: AgentContext) -> None:
 
 async def echoes_params(ctx: AgentContext) -> None:
     ctx.status(f"params {ctx.params}")
-    ctx.params["nested"]["changed"] = True  # the agent's own copy: the spec must not see it
+    # The agent's own copy: the spec must not see it, nested tables or not.
+    ctx.params["added"] = True
+    if "nested" in ctx.params:
+        ctx.params["nested"]["changed"] = True
 
 
 async def notifies(ctx: AgentContext) -> None:

@@ -8,6 +8,7 @@ so stop timeouts are checked in exact trio time and a hang fails at once.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import re
@@ -250,14 +251,19 @@ def test_trios_keyboard_interrupt_for_a_real_sigint_still_propagates() -> None:
         trio.run(run, agent("interrupted_by_sigint"))
 
 
+@pytest.mark.parametrize(
+    "params",
+    [{"url": "x", "nested": {"n": 1}}, {"url": "x", "n": 1.5, "on": True}],
+    ids=["nested", "flat"],
+)
 async def test_params_are_passed_as_the_agents_own_copy(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, params: dict[str, object]
 ) -> None:
-    spec = agent("echoes_params", params={"url": "x", "nested": {"n": 1}})
+    spec = agent("echoes_params", params=copy.deepcopy(params))
     with trio.fail_after(5):
         _, events = await run(spec)
-    assert "params {'url': 'x', 'nested': {'n': 1}}" in events
-    assert spec.params == {"url": "x", "nested": {"n": 1}}
+    assert f"params {params}" in events
+    assert spec.params == params
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jsonschema
 import pytest
 import rtoml
@@ -1221,6 +1222,36 @@ def test_a_reload_reuses_the_specs_of_unchanged_agents(tmp_path: Path) -> None:
     third = load(m)
     assert third.agents["a"] is not second.agents["a"]
     assert third.agents["a"].stop_timeout == 3.0
+
+
+def test_agents_written_alike_are_checked_once_each_with_its_own_spec(here: Path) -> None:
+    """Equal tables are structured once per load (docs/performance.md); each agent still
+    gets its own spec, id and params, and a problem is reported for every one of them."""
+    alike = 'entry = "m:main"\nparams = {gen = 0, tags = ["x"]}\nenv = {A = "1"}\n'
+    agents = loads(here, "".join(f"[agents.a{i}]\n{alike}" for i in range(3)))
+    a0, a1, a2 = agents.values()
+    assert [a.id for a in (a0, a1, a2)] == ["a0", "a1", "a2"]
+    assert attrs.evolve(a1, id="a0") == a0 == attrs.evolve(a2, id="a0")
+    assert a0.params is not a1.params
+    assert a1.params is not a2.params
+    assert a0.env is not a1.env
+    assert a1.env is not a2.env
+    bad = 'command = "true"\nstop_timeout = -1\n'
+    found = errors(here, "".join(f"[agents.b{i}]\n{bad}" for i in range(2)))
+    assert [line.split(":")[1].strip() for line in found] == [
+        "agents.b0.stop_timeout",
+        "agents.b1.stop_timeout",
+    ]
+
+
+def test_a_reload_reuses_a_spec_only_for_the_same_table(tmp_path: Path) -> None:
+    m = tmp_path / "agents.toml"
+    m.write_text('[agents.a]\ncommand = "true"\ncritical = true\n[agents.b]\ncommand = "true"\n')
+    first = load(m)
+    m.write_text('[agents.a]\ncommand = "true"\ncritical = false\n[agents.b]\ncommand = "true"\n')
+    second = load(m)
+    assert second.agents["b"] is first.agents["b"]
+    assert (first.agents["a"].critical, second.agents["a"].critical) == (True, False)
 
 
 def test_an_unknown_user_or_group_is_a_located_error(here: Path) -> None:
