@@ -53,7 +53,7 @@ class RecentOutput:
         self.closed = False
         self._chars = 0
         self._wake: trio.Event | None = None  # made by a waiting follower
-        self._listeners: list[LineListener] = []
+        self._listeners: tuple[LineListener, ...] = ()  # (the `log` ready probe's)
 
     def add(self, stream: str, msgs: Sequence[str], ts: float) -> None:
         """Store a batch of lines (each at most LINE_LIMIT characters) read at `ts`."""
@@ -104,8 +104,14 @@ class RecentOutput:
 
     def listen(self, listener: LineListener) -> Callable[[], None]:
         """Call `listener` with every batch from now on; returns the way to stop it."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        self._listeners = (*self._listeners, listener)
+
+        def stop() -> None:
+            listeners = list(self._listeners)
+            listeners.remove(listener)
+            self._listeners = tuple(listeners)
+
+        return stop
 
     def close(self) -> None:
         """The agent was removed: end the followers."""

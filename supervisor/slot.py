@@ -29,7 +29,7 @@ from supervisor.logs import log
 from supervisor.manifest import AgentSpec, ReadyProbe, Source
 from supervisor.output import LineListener, RecentOutput
 from supervisor.runners import Runner
-from supervisor.slotstate import ACTIVE, AgentSays, SlotStatistics, State
+from supervisor.slotstate import ACTIVE, AgentSays, SlotStatistics, State, log_change
 
 HISTORY = 10  # exits kept per slot
 
@@ -82,7 +82,7 @@ class Slot(AgentSays):
         self.restarts = 0
         self.since = trio.current_time()
         self.started_at: float | None = None
-        self.exits: list[ExitRecord] = []  # the last HISTORY exits, oldest first
+        self.exits: tuple[ExitRecord, ...] = ()  # the last HISTORY exits, oldest first
         self.status_text = ""  # the agent's own one-line status (STATUS=, ctx.status)
         self.reason = "not started" if spec.enabled else "disabled"
         self._changed: trio.Event | None = None  # made on demand: most slots have no reader
@@ -286,7 +286,8 @@ class Slot(AgentSays):
                     return
             policy = None  # made at the first end: most agents never end
             while self.may_spawn() is None:
-                self._set("starting", "")
+                if self.state != "starting" or self.reason:  # (as `launch` left it: no news)
+                    self._set("starting", "")
                 self._attempt_begins()
                 got: Outcome | None = None
                 try:  # the start timer is the deadline of the scope, lifted by `ready()`
@@ -356,8 +357,8 @@ class Slot(AgentSays):
         return outcome
 
     def _record(self, outcome: Outcome, *, stopped: bool = False) -> None:
-        self.exits.append(ExitRecord.of(outcome, trio.current_time(), stopped=stopped))
-        del self.exits[:-HISTORY]
+        record = ExitRecord.of(outcome, trio.current_time(), stopped=stopped)
+        self.exits = (*self.exits[1 - HISTORY :], record)
         if not stopped:
             self.attempts_ended += 1
 
@@ -375,14 +376,7 @@ class Slot(AgentSays):
             self.since = trio.current_time()
         self.state = state
         self.reason = reason
-        about = {"about": self.spec.id}
-        if state in ("backoff", "failed"):
-            log.warning("%s: %s (%s)", self.spec.id, state, reason, extra=about)
-        elif state in ("running", "exited", "stopped"):
-            why = f" ({reason})" if reason else ""
-            log.info("%s: %s%s", self.spec.id, state, why, extra=about)
-        else:
-            log.debug("%s: %s", self.spec.id, state, extra=about)
+        log_change(self.spec.id, state, reason)
         self._publish()
         self._notify()
 

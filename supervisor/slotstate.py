@@ -3,6 +3,7 @@ what an agent says of itself beyond ``READY=1`` (`AgentSays`, part of the slot's
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import attrs
@@ -10,10 +11,29 @@ import trio
 
 from supervisor.core.outcome import ExitRecord, Outcome
 from supervisor.health.monitor import HealthRecord
+from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Source
 
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
 ACTIVE: frozenset[State] = frozenset({"starting", "running", "backoff", "stopping"})
+_LEVELS: dict[State, int] = dict.fromkeys(("running", "exited", "stopped"), logging.INFO)
+_LEVELS.update(dict.fromkeys(("backoff", "failed"), logging.WARNING))
+
+
+def log_change(agent_id: str, state: State, reason: str) -> None:
+    """Log a slot's new state: a failure as a warning, running and the ends as info,
+    the rest at debug; nothing is made at a level that is off (most, by default)."""
+    level = _LEVELS.get(state, logging.DEBUG)
+    if not log.isEnabledFor(level):
+        return
+    about = {"about": agent_id}
+    if level == logging.WARNING:
+        log.warning("%s: %s (%s)", agent_id, state, reason, extra=about)
+    elif level == logging.INFO:
+        why = f" ({reason})" if reason else ""
+        log.info("%s: %s%s", agent_id, state, why, extra=about)
+    else:
+        log.debug("%s: %s", agent_id, state, extra=about)
 
 
 @attrs.frozen

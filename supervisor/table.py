@@ -33,8 +33,10 @@ async def stop_slots(slots: Mapping[str, Slot], ids: Sequence[str]) -> None:
         for slot in stopping:
             slot.stop()
         # They stop concurrently; waiting for each in turn needs no task per slot (a
-        # task per slot was a tenth of the shutdown of 10,000 in-process agents).
-        for slot in stopping:
+        # task per slot was a tenth of the shutdown of 10,000 in-process agents). The
+        # last stopped first: they end in about the order they were stopped, so by then
+        # the others are gone too and the owner wakes about once, not once per slot.
+        for slot in reversed(stopping):
             if slot.active:  # (a checkpoint for each of those already stopped is a loop turn)
                 await slot.wait_stopped()
         await trio.lowlevel.checkpoint()
