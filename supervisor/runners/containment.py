@@ -247,7 +247,7 @@ class AgentProcesses:
         while True:
             found: dict[int, int] = {}
             try:
-                self._members(found)
+                self._members(found, exited=True)
                 if not self.whole:
                     # our children, after the walk: one read for every run of a stop wave
                     self._claim(found, await shared_orphans(LEADERS))
@@ -306,8 +306,10 @@ class AgentProcesses:
         to reap, by `supervisor.signals` or through the pidfds `_keep` holds."""
         return self._move is not None and self._move.complete
 
-    def _members(self, found: dict[int, int]) -> None:
-        if self.cgroup is not None:  # its members: every descendant, wherever it went
+    def _members(self, found: dict[int, int], exited: bool = False) -> None:
+        """`exited`: the leader has exited, so an empty cgroup is told by one read."""
+        if self.cgroup is not None and (not exited or procfs.cgroup_populated(self.cgroup)):
+            # its members: every descendant, wherever it went
             for pid in procfs.cgroup_members(self.cgroup):
                 if pid != self.leader:
                     procfs.open_pidfd(found, pid)

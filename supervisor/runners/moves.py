@@ -131,7 +131,7 @@ class Mover:
     def release(self, agent_id: str, cgroup: Path) -> None:
         """The run of `cgroup` is over (settled): keep it for the agent's next run if it
         is empty, else remove it (what is still populated stays)."""
-        if agent_id not in self._free and not procfs.cgroup_members(cgroup):
+        if agent_id not in self._free and not procfs.cgroup_populated(cgroup):
             self._free[agent_id] = cgroup
         else:
             self.ask(cgroup)
@@ -146,8 +146,15 @@ class Mover:
         self._wake.set()
 
     def close(self) -> None:
-        """Do what was asked and not done yet. Idempotent."""
+        """Do what was asked and not done yet; remove the cgroups kept for a next run
+        (empty: one rmdir each, no listing). Idempotent."""
         self.burst()
+        free, self._free = self._free, {}
+        for cgroup in free.values():
+            try:
+                os.rmdir(cgroup)
+            except OSError:  # an agent made cgroups in it, or something joined it
+                cgroups.remove(cgroup)
 
     def do(self, move: Move) -> None:
         """`move`, now."""

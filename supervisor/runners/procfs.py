@@ -84,16 +84,33 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def cgroup_members(cgroup: Path) -> list[int]:
-    pids = [int(p) for p in read(str(cgroup / "cgroup.procs"), 1 << 20).split()]
-    try:
-        with os.scandir(cgroup) as entries:  # kernfs gives the types: no stat per file
-            subgroups = [Path(entry.path) for entry in entries if entry.is_dir()]
-    except OSError:
-        subgroups = []
-    for sub in subgroups:  # an agent with rights to its cgroup may have made some
-        pids += cgroup_members(sub)
+def cgroup_members(cgroup: Path | str) -> list[int]:
+    """The pids in `cgroup` and in its descendants (zombies are in none)."""
+    base = str(cgroup)
+    pids = [int(p) for p in read(base + "/cgroup.procs", 1 << 20).split()]
+    if _has_descendants(base):  # an agent with rights to its cgroup may have made some
+        try:
+            with os.scandir(base) as entries:  # kernfs gives the types: no stat per file
+                subgroups = [entry.path for entry in entries if entry.is_dir()]
+        except OSError:
+            subgroups = []
+        for sub in subgroups:
+            pids += cgroup_members(sub)
     return pids
+
+
+def cgroup_populated(cgroup: Path | str) -> bool:
+    """Whether a live process is in `cgroup` or below it (``cgroup.events``: one read,
+    where `cgroup_members` is two). True if it cannot be read."""
+    text = read(f"{cgroup}/cgroup.events", 4096)
+    return not text.startswith("populated 0") if text else True
+
+
+def _has_descendants(cgroup: str) -> bool:
+    """From ``cgroup.stat`` (a read, where a listing costs an entry per file); True if
+    it cannot be told."""
+    text = read(cgroup + "/cgroup.stat", 4096)
+    return not text.startswith("nr_descendants 0\n") if text else True
 
 
 def read(path: str, limit: int) -> str:
