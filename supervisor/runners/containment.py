@@ -140,6 +140,8 @@ class AgentProcesses:
     `settle`, for a move under way); they read /proc.
     """
 
+    _seen_empty = False  # `wait_gone` saw nothing left (since its leader exited)
+
     def __init__(
         self, agent_id: str, mark: str, cgroup: Path | None, mover: Mover | None = None
     ) -> None:
@@ -215,8 +217,15 @@ class AgentProcesses:
         """Send each of `signals` to every process of the run but the leader (its group
         is its runner's), and to any found later in this stop (`wait_gone`)."""
         self._sent = signals
-        with self._snapshot(recent_orphans) as found:
+        found: dict[int, int] = {}  # (no `_snapshot`: this is every stop's first step)
+        try:
+            self._members(found)
+            if not self.whole:
+                self._claim(found, recent_orphans(LEADERS))
             self._keep(found)
+        finally:
+            for fd in found.values():
+                _close(fd)
         for sig in signals:
             for fd in self._signalled.values():
                 procfs.send(fd, sig)
@@ -256,6 +265,7 @@ class AgentProcesses:
                 for fd in found.values():
                     _close(fd)
             if not self._signalled:
+                self._seen_empty = True  # (set on the instance at the end of its run only)
                 return
             for pid, fd in list(self._signalled.items()):
                 await trio.lowlevel.wait_readable(fd)
@@ -281,7 +291,7 @@ class AgentProcesses:
             _close(fd)
         self._signalled.clear()
         if self._mover is not None and self.cgroup is not None:
-            self._mover.release(self.agent_id, self.cgroup)
+            self._mover.release(self.agent_id, self.cgroup, self._seen_empty)
         elif self.cgroup is not None:
             cgroups.remove(self.cgroup)
 

@@ -128,10 +128,11 @@ class Mover:
         """The agent's last cgroup, if `release` kept it: no other run has it."""
         return self._free.pop(agent_id, None)
 
-    def release(self, agent_id: str, cgroup: Path) -> None:
+    def release(self, agent_id: str, cgroup: Path, empty: bool = False) -> None:
         """The run of `cgroup` is over (settled): keep it for the agent's next run if it
-        is empty, else remove it (what is still populated stays)."""
-        if agent_id not in self._free and not procfs.cgroup_populated(cgroup):
+        is empty (`empty`: the run's stop just saw it so), else remove it (what is still
+        populated stays)."""
+        if agent_id not in self._free and (empty or not procfs.cgroup_populated(cgroup)):
             self._free[agent_id] = cgroup
         else:
             self.ask(cgroup)

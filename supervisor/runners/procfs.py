@@ -107,10 +107,13 @@ def cgroup_populated(cgroup: Path | str) -> bool:
 
 
 def _has_descendants(cgroup: str) -> bool:
-    """From ``cgroup.stat`` (a read, where a listing costs an entry per file); True if
-    it cannot be told."""
-    text = read(cgroup + "/cgroup.stat", 4096)
-    return not text.startswith("nr_descendants 0\n") if text else True
+    """Whether `cgroup` has child cgroups: kernfs counts a directory's subdirectories in
+    its link count (2 + N), so one stat tells, where a listing costs an entry per file.
+    True if it cannot be told."""
+    try:
+        return os.stat(cgroup).st_nlink != 2
+    except OSError:
+        return True
 
 
 def read(path: str, limit: int) -> str:

@@ -114,6 +114,35 @@ async def test_a_complete_run_is_stopped_by_its_cgroup_alone(
     assert not alive(daemon)
 
 
+async def test_a_cgroup_the_agent_made_below_its_own_is_stopped_too(
+    tmp_path: Path, cgroup_mode: Containment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent with rights to its cgroup may make cgroups below it and move processes
+    there (cgroup.procs then lists none of them): they are found, signalled and waited
+    for all the same, and the cgroups are removed at the end."""
+    run = cgroup_mode.open_run("nested")
+    leader = spawn(run, sys.executable, ESCAPE, "daemon", str(tmp_path / "pids"))
+    run.adopt(leader.pid)
+    daemon = orphaned(tmp_path / "pids")
+    await trio.testing.wait_all_tasks_blocked()  # the mover's task has had its turn
+    assert run._move is not None and run._move.complete and run.cgroup is not None
+    inner = run.cgroup / "inner"
+    inner.mkdir()  # what the agent could do itself
+    (inner / "cgroup.procs").write_text(str(daemon))
+    assert str(daemon) not in (run.cgroup / "cgroup.procs").read_text().split()
+    monkeypatch.setattr(procfs, "thread_children", lambda pid, tid: [])  # the cgroup alone
+    run.signal(signal.SIGTERM)
+    leader.terminate()
+    await trio.to_thread.run_sync(leader.wait)
+    with trio.fail_after(10):
+        await run.wait_gone()  # returns once the daemon, in `inner`, is gone
+    assert not alive(daemon)
+    run.settle()
+    run.close()
+    cgroup_mode.close()
+    assert not run.cgroup.exists()
+
+
 def test_a_settled_move_never_writes_the_pid(cgroup_mode: Containment) -> None:
     """Once settled (the leader is about to be reaped), its pid may be anyone's."""
     assert cgroup_mode.cgroups is not None
