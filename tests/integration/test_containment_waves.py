@@ -125,7 +125,9 @@ async def test_a_cgroup_the_agent_made_below_its_own_is_stopped_too(
     run.adopt(leader.pid)
     daemon = orphaned(tmp_path / "pids")
     await trio.testing.wait_all_tasks_blocked()  # the mover's task has had its turn
-    assert run._move is not None and run._move.complete and run.cgroup is not None
+    assert run._move is not None
+    assert run._move.complete
+    assert run.cgroup is not None
     inner = run.cgroup / "inner"
     inner.mkdir()  # what the agent could do itself
     (inner / "cgroup.procs").write_text(str(daemon))
