@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -43,6 +44,30 @@ async def test_sighup_reloads_the_first_sigterm_stops_and_the_next_kills() -> No
             await until(4)
             nursery.cancel_scope.cancel()
     assert calls == ["reload", "shutdown", "kill_all", "kill_all"]
+
+
+async def test_from_the_graceful_stop_on_exits_raise_no_sigchld_and_statuses_stay() -> None:
+    """A reaper stops handling SIGCHLD at the first SIGTERM (each agent's stop reaps its
+    own), by SIG_DFL and not SIG_IGN: a child's exit status is still there to take."""
+    stopped = trio.Event()
+    before = signal.getsignal(signal.SIGCHLD)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(signals.handle_signals, reap=True),
+                lambda: None,
+                stopped.set,
+                lambda: None,
+                set,
+            )
+            assert signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await stopped.wait()
+            assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+            child = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ)
+            assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 3
+            nursery.cancel_scope.cancel()
+    assert signal.getsignal(signal.SIGCHLD) == before
 
 
 def _zombie(pid: int) -> bool:
