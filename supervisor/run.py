@@ -111,7 +111,7 @@ async def _main(
             await nursery.start(
                 partial(handle_signals, reap=True),  # a subreaper's orphans, or PID 1's
                 sup.request_reload,
-                sup.request_shutdown,
+                partial(_stop_gracefully, sup, keeper),
                 sup.kill_all,
                 lambda: LEADERS,  # every agent leader until its runner reaped it
             )
@@ -147,6 +147,14 @@ async def _main(
         _write_termination_log(sup.exit_message)
     log.info("stopped (exit %d)", code)
     return code
+
+
+def _stop_gracefully(sup: Supervisor, keeper: Keeper | None) -> None:
+    """The first SIGTERM: the stop wave begins; the keeper is told `q` at its end and
+    needs no unregistration meanwhile (`Keeper.quiet`)."""
+    if keeper is not None:
+        keeper.quiet()
+    sup.request_shutdown()
 
 
 async def _after_start(

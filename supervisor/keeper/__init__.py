@@ -68,6 +68,7 @@ class Keeper:
         self._pipe: int | None = pipe
         self._pending = b""
         self._warned = False
+        self._quiet = False  # `quiet`: unregistrations are not sent
 
     @classmethod
     def start(cls, *, shell: bool | None = None) -> Keeper:
@@ -117,7 +118,16 @@ class Keeper:
 
     def unregister(self, pgid: int) -> None:
         """The group `pgid` is gone; forget it (its number may be reused)."""
-        self._send(b"-%d\n" % pgid)
+        if not self._quiet:
+            self._send(b"-%d\n" % pgid)
+
+    def quiet(self) -> None:
+        """A graceful shutdown has begun, and `quit` follows: stop sending unregistrations
+        (a stop wave of N agents would wake the keeper N times to read them). Safe: the
+        keeper kills a registered group only while its leader is provably the process
+        registered (alive, and started by BY, or its pidfd), so a number reused after
+        the leader is reaped is never hit, should the supervisor die before `quit`."""
+        self._quiet = True
 
     def quit(self) -> None:
         """Tell the keeper to exit without killing anything; `close` reaps it. Call at

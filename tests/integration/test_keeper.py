@@ -124,6 +124,24 @@ def test_writes_never_block_even_when_the_keeper_stalls(keeper: Keeper) -> None:
     assert keeper._process.returncode == 0
 
 
+def test_once_quiet_unregistrations_are_not_sent(tmp_path: Path) -> None:
+    """What the keeper reads (a `cat` stands in for it): after `quiet` (a graceful
+    shutdown under way) no "-PGID" line, registrations still, then "q"."""
+    read_end, write_end = os.pipe()
+    with open(tmp_path / "lines", "wb") as out:
+        cat = subprocess.Popen(["cat"], stdin=read_end, stdout=out)
+    os.close(read_end)
+    keeper = Keeper(cat, write_end, "mark")
+    keeper.register(111)
+    keeper.unregister(111)
+    keeper.quiet()
+    keeper.register(222)
+    keeper.unregister(222)
+    keeper.close()
+    words = [line.split()[0] for line in (tmp_path / "lines").read_text().splitlines()]
+    assert words == ["+111", "-111", "+222", "q"]
+
+
 def test_close_is_idempotent(keeper: Keeper) -> None:
     keeper.close()
     keeper.close()
