@@ -64,10 +64,14 @@ async def test_from_the_graceful_stop_on_exits_raise_no_sigchld_and_statuses_sta
             os.kill(os.getpid(), signal.SIGTERM)
             await stopped.wait()
             assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
-            child = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ)
-            assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 3
+            assert _exit_status_of_a_child(3) == 3
             nursery.cancel_scope.cancel()
     assert signal.getsignal(signal.SIGCHLD) == before
+
+
+def _exit_status_of_a_child(code: int) -> int:
+    child = os.posix_spawn("/bin/sh", ["sh", "-c", f"exit {code}"], os.environ)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
 
 
 def _zombie(pid: int) -> bool:
