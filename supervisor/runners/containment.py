@@ -301,7 +301,7 @@ class AgentProcesses:
         `orphans` reads our own children (or gives a recent read), after the walk."""
         found: dict[int, int] = {}
         try:
-            self._members(found)
+            self._members(found, exited=True)  # (a kill, mostly after the leader's exit)
             if not self.whole:
                 self._claim(found, orphans(LEADERS))
             yield found
@@ -317,7 +317,8 @@ class AgentProcesses:
         return self._move is not None and self._move.complete
 
     def _members(self, found: dict[int, int], exited: bool = False) -> None:
-        """`exited`: the leader has exited, so an empty cgroup is told by one read."""
+        """`exited`: the leader has likely exited, so that an empty cgroup is told by one
+        read (`cgroup.events`; if it is populated, the members are read too)."""
         if self.cgroup is not None and (not exited or procfs.cgroup_populated(self.cgroup)):
             # its members: every descendant, wherever it went
             for pid in procfs.cgroup_members(self.cgroup):
