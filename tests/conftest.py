@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,13 @@ def make_spec(agent_id: str = "a", **keys: Any) -> AgentSpec:
 SESSION_MARK = f"SUPERVISOR_TEST_SESSION={os.getpid()}-{time.time_ns()}"
 os.environ["SUPERVISOR_TEST_SESSION"] = SESSION_MARK.split("=", 1)[1]
 
+# The tokens the supervisors of this session make for themselves (api-PORT.token) go to a
+# folder of its own, inherited by every process it starts: a token left by a supervisor
+# of another run that was SIGKILLed (here or by another suite on this machine) is never
+# read by this run's clients for a port that happens to be the same.
+RUNTIME_DIR = tempfile.mkdtemp(prefix="supervisor-tests-")  # mode 0700
+os.environ["SUPERVISOR_RUNTIME_DIR"] = RUNTIME_DIR
+
 
 def _marked() -> list[int]:
     """Live processes, other than this one, that carry this session's mark."""
@@ -68,6 +77,7 @@ def no_leaked_processes() -> Iterator[None]:
     while (leaked := _marked()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"processes left running after the tests: {sorted(leaked)}"
+    shutil.rmtree(RUNTIME_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

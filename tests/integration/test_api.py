@@ -738,7 +738,8 @@ async def test_with_a_token_changes_need_it(tmp_path: Path) -> None:
     (tmp_path / "token").chmod(0o640)  # group-readable is allowed, with a warning
     toml = '[supervisor]\napi_token_file = "token"\n' + IDLE
     with trio.fail_after(10):
-        async with open_api(tmp_path, toml) as api:
+        # headers={}: no token at all (not one found in this user's token files)
+        async with open_api(tmp_path, toml, headers={}) as api:
             for method, path in [("POST", "/reload"), ("POST", "/agents"), ("DELETE", "/agents/a")]:
                 r = await api.http.request(method, path)
                 assert r.status_code == 401, path
