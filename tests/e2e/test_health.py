@@ -57,6 +57,9 @@ backoff = {{ initial = 0.1, jitter = 0.0 }}
 
 [agents.web]
 command = ["{sys.executable}", "{script}", "http", "{port}", "2", "{count}", "hang"]
+# ready once it listens (a TCP probe sends no request, so it counts none): liveness starts
+# then, not while a loaded machine is still starting Python (refused connections)
+ready = {{ tcp = "127.0.0.1:{port}" }}
 liveness = {{ http = "{url}", period = 0.5, timeout = 0.3, failures = 2 }}
 
 [agents.bot]
