@@ -1,6 +1,7 @@
 """Starting a process agent's leader: its environment, its user, the spawn, and why not.
 
-`Child.spawn` calls `subprocess.Popen` right in the trio loop, without trio's thread hop
+`Child.spawn` spawns with ``os.posix_spawn`` where it can (`supervisor.runners.spawn`),
+else with `subprocess.Popen`. Either runs right in the trio loop, without trio's thread hop
 (`trio.lowlevel.open_process`). Popen takes the vfork path here (no ``preexec_fn``; the
 process group is set with ``process_group=0``), and CPython 3.11 holds the GIL across
 vfork until the child has exec'd, so a worker thread could not spare the loop that time
@@ -29,6 +30,7 @@ import trio
 from supervisor.core.outcome import Outcome
 from supervisor.manifest import AgentSpec
 from supervisor.runners.pipes import wait_readable
+from supervisor.runners.spawn import spawn
 
 
 @attrs.frozen
@@ -102,17 +104,24 @@ def environment(spec: AgentSpec, *extra: dict[bytes, bytes]) -> dict[bytes, byte
 
 
 class Child:
-    """A spawned group leader: its Popen, a pidfd to await its exit, its output pipes."""
+    """A spawned group leader: its pid, a pidfd to await its exit, its output pipes."""
+
+    exited = False  # its exit was seen (`wait_exited` returned): set by the one who waited
 
     def __init__(
-        self, popen: subprocess.Popen[bytes], pidfd: int, stdout_fd: int, stderr_fd: int
+        self,
+        pid: int,
+        pidfd: int,
+        stdout_fd: int,
+        stderr_fd: int,
+        popen: subprocess.Popen[bytes] | None = None,
     ) -> None:
-        self._popen = popen
-        self.pid = popen.pid
+        self._popen = popen  # if Popen spawned it (else `supervisor.runners.spawn`)
+        self.pid = pid
         self._pidfd = pidfd
         self.stdout_fd = stdout_fd
         self.stderr_fd = stderr_fd
-        self.outcome = Outcome(error="the process was not reaped")
+        self.outcome = _NOT_REAPED
 
     @classmethod
     def spawn(
@@ -128,6 +137,8 @@ class Child:
         before a later step failed, say pidfd_open hitting the fd limit, is killed).
         """
         assert spec.command
+        if _UNREAPED:
+            _reap_unreaped()
         # Like trio's open_process: the child's pipe ends are always closed here (it
         # has its copies, and ours would keep the pipes from reaching EOF); ours only
         # if the spawn fails.
@@ -138,23 +149,28 @@ class Child:
             stderr_r, stderr_w = os.pipe()
             on_failure.callback(os.close, stderr_r)
             always.callback(os.close, stderr_w)
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout_w,
-                stderr=stderr_w,
-                cwd=str(spec.cwd),
-                env=env,
-                process_group=0,
-                user=None if who is None else who.uid,
-                group=None if who is None else who.gid,
-                extra_groups=None if who is None else list(who.groups),
-            )
-            on_failure.callback(_kill_now, popen)
+            popen = None
+            cwd = str(spec.cwd)
+            pid = None if who is not None else spawn(command, env, cwd, stdout_w, stderr_w)
+            if pid is None:
+                popen = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout_w,
+                    stderr=stderr_w,
+                    cwd=cwd,
+                    env=env,
+                    process_group=0,
+                    user=None if who is None else who.uid,
+                    group=None if who is None else who.gid,
+                    extra_groups=None if who is None else list(who.groups),
+                )
+                pid = popen.pid
+            on_failure.callback(_kill_now, pid, popen)
             # pidfd_open works on a zombie too, so a child that already exited is fine.
-            pidfd = os.pidfd_open(popen.pid)
+            pidfd = os.pidfd_open(pid)
             on_failure.pop_all()
-        return cls(popen, pidfd, stdout_r, stderr_r)
+        return cls(pid, pidfd, stdout_r, stderr_r, popen)
 
     def wait_exited(self) -> Coroutine[Any, Any, None]:
         """Await it: returns once the leader has exited (it stays a zombie until `reap`).
@@ -177,30 +193,56 @@ class Child:
             info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
         except ChildProcessError:
             self.outcome = Outcome(error="exit status lost: the process was reaped elsewhere")
-            self._popen.returncode = 0
-            return
-        assert info is not None
-        if info.si_code == os.CLD_EXITED:
-            self.outcome = Outcome(code=info.si_status)
-            self._popen.returncode = info.si_status
+            returncode = 0
         else:
-            self.outcome = Outcome(signal=info.si_status)
-            self._popen.returncode = -info.si_status
+            assert info is not None
+            if info.si_code == os.CLD_EXITED:
+                self.outcome = Outcome(code=info.si_status)
+                returncode = info.si_status
+            else:
+                self.outcome = Outcome(signal=info.si_status)
+                returncode = -info.si_status
+        if self._popen is not None:  # reaped: Popen must not wait for it
+            self._popen.returncode = returncode
 
     def close(self) -> None:
         """Release the pidfd. The pipes belong to their `LineRelay`s.
 
-        A leader never reaped (stuck in the kernel past KILL_TIMEOUT) is left to Popen,
-        which reaps it on a later spawn.
+        A leader never reaped (stuck in the kernel past KILL_TIMEOUT) is reaped at a
+        later spawn (`_reap_unreaped`).
         """
         trio.lowlevel.notify_closing(self._pidfd)
-        os.close(self._pidfd)
+        if self.outcome is _NOT_REAPED:
+            _UNREAPED.append(self._pidfd)  # by pidfd: its pid may be reaped and reused
+            if self._popen is not None:
+                self._popen.returncode = 0  # Popen must not waitpid a pid maybe reused
+        else:
+            os.close(self._pidfd)
 
 
-def _kill_now(popen: subprocess.Popen[bytes]) -> None:
+_NOT_REAPED = Outcome(error="the process was not reaped")
+# The pidfds of leaders that their run could not reap (`Child.close`), for a later spawn.
+_UNREAPED: list[int] = []
+
+
+def _reap_unreaped() -> None:
+    for pidfd in list(_UNREAPED):
+        try:
+            if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is None:
+                continue  # still there
+        except ChildProcessError:
+            pass  # reaped elsewhere
+        _UNREAPED.remove(pidfd)
+        os.close(pidfd)
+
+
+def _kill_now(pid: int, popen: subprocess.Popen[bytes] | None) -> None:
     """Undo a spawn: SIGKILL the new group and reap its leader (dead within a moment)."""
-    os.killpg(popen.pid, signal.SIGKILL)
-    popen.wait()
+    os.killpg(pid, signal.SIGKILL)
+    if popen is not None:
+        popen.wait()
+    else:
+        os.waitpid(pid, 0)
 
 
 # The supervisor's own shortage, not the agent's fault (its restart budget is not spent).

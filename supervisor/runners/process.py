@@ -222,6 +222,7 @@ async def _supervise(
                 if spec.ready != "notify":
                     hooks.ready()
                 await child.wait_exited()
+                child.exited = True
             except trio.Cancelled as cancelled:
                 stop_request = cancelled
                 with trio.CancelScope(shield=True):
@@ -273,11 +274,13 @@ async def _stop(run: _Run) -> bool:
         if run.notifications is not None:
             run.notifications.stop_grace = grace
         await child.wait_exited()
+        child.exited = True
         # The others before the output: one that missed the signal (it was being
         # re-parented to us as we looked) may hold the pipes; wait_gone signals it.
         await run.processes.wait_gone()
         for line_relay in run.relays:
-            await line_relay.wait_eof()
+            if not line_relay.eof:  # (a checkpoint each otherwise: a round of the loop)
+                await line_relay.wait_eof()
         run.ended = True
     if grace.cancelled_caught:
         others = run.processes.pids()
@@ -300,8 +303,11 @@ async def _finish(run: _Run) -> None:
     if not run.ended and run.processes.kill():
         with trio.move_on_after(KILL_TIMEOUT):
             await run.processes.wait_gone()
-    with trio.move_on_after(KILL_TIMEOUT):
-        await child.wait_exited()
+    if not child.exited:  # a stop that did not wait for it, or an undone spawn
+        with trio.move_on_after(KILL_TIMEOUT):
+            await child.wait_exited()
+            child.exited = True
+    if child.exited:
         run.processes.settle()  # no move into its cgroup may write its pid after this
         child.reap()
     for line_relay in run.relays:

@@ -319,3 +319,25 @@ def test_run_does_not_import_the_client_library() -> None:
     code = "import sys, supervisor.cli, supervisor.run; print('httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_descriptors_the_supervisor_was_given_do_not_reach_its_agents(tmp_path: Path) -> None:
+    """posix_spawn (an agent in the supervisor's cwd) closes no descriptor in the child as
+    Popen does: ours are all close-on-exec, those we were given too (runners/spawn.py)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    check = '[ -e /proc/$$/fd/7 ] && echo "$A leaked" || echo "$A closed"'
+    m = tmp_path / "agents.toml"
+    write(
+        m,
+        {
+            name: {"command": ["sh", "-c", check], "env": {"A": name}, "restart": "never"}
+            | ({"cwd": str(elsewhere)} if name == "there" else {})
+            for name in ("here", "there")
+        },
+    )
+    given = ["sh", "-c", 'exec 7</dev/null; exec "$@"', "sh"]  # fd 7, inheritable
+    with SupervisorProcess(m, prefix=given) as sup:
+        sup.wait_log("here closed")
+        sup.wait_log("there closed")
+        assert "leaked" not in sup.output()

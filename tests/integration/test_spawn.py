@@ -1,0 +1,183 @@
+"""The quick spawn (``os.posix_spawn``, `supervisor.runners.spawn`) with real processes.
+
+An agent whose `cwd` is the supervisor's and that has no `user` or `group` is spawned by
+posix_spawn: each test here runs in its own folder (`monkeypatch.chdir`), so that its
+agents are. It must behave as the Popen spawn does: output, exit, process group,
+signals, stdin, signal dispositions, descriptors, and the same errors for a program
+that cannot be run; an agent with another `cwd` is still spawned by Popen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from supervisor.manifest import AgentSpec
+from supervisor.runners import Outcome, spawn
+from supervisor.runners.process import run_process
+
+from ..harness import group_members
+from .test_process_runner import SIGNALS_AGENT, Recorder, wait_until_gone
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.chdir(tmp_path)  # the supervisor's cwd: an agent's cwd by default here
+    spawn._found.clear()
+    yield tmp_path
+    spawn._found.clear()
+
+
+@pytest.fixture
+def hooks() -> Iterator[Recorder]:
+    recorder = Recorder()
+    yield recorder
+    for pid in recorder.pids:
+        assert pid is not None
+        wait_until_gone(pid)
+
+
+def agent(folder: Path, *command: str, **keys: Any) -> AgentSpec:
+    return AgentSpec(id="q", kind="process", command=command, root=folder, cwd=folder, **keys)
+
+
+def printed(hooks: Recorder, stream: str = "stdout") -> list[str]:
+    return [line for name, line in hooks.output_lines if name == stream]
+
+
+def by_posix_spawn(program: str) -> bool:
+    """Whether `program` was found (and so spawned) by the quick spawn."""
+    return any(name == program for name, _ in spawn._found)
+
+
+async def test_output_exit_code_and_stdin(here: Path, hooks: Recorder) -> None:
+    command = 'echo out; echo err >&2; read x; echo "stdin:$?"; pwd; exit 3'
+    with trio.fail_after(5):
+        outcome = await run_process(agent(here, "sh", "-c", command), hooks)
+    assert outcome == Outcome(code=3)
+    assert printed(hooks) == ["out", "stdin:1", str(here)]
+    assert printed(hooks, "stderr") == ["err"]
+    assert by_posix_spawn("sh")
+
+
+async def test_it_leads_a_process_group_of_its_own_in_our_session(
+    here: Path, hooks: Recorder
+) -> None:
+    with trio.fail_after(5):
+        await run_process(agent(here, "cat", "/proc/self/stat"), hooks)
+    [stat] = printed(hooks)
+    fields = stat[stat.rindex(")") + 2 :].split()
+    pgid, session = int(fields[2]), int(fields[3])
+    assert pgid == hooks.pids[0]
+    assert session == os.getsid(0)
+    assert by_posix_spawn("cat")
+
+
+async def test_sigpipe_and_sigxfsz_are_not_ignored(here: Path, hooks: Recorder) -> None:
+    # Python ignores SIGPIPE; an exec keeps what is ignored, so the spawn must reset it.
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+    with trio.fail_after(5):
+        await run_process(agent(here, "cat", "/proc/self/status"), hooks)
+    [ignored] = [line.split()[1] for line in printed(hooks) if line.startswith("SigIgn:")]
+    mask = int(ignored, 16)
+    assert not mask & (1 << (signal.SIGPIPE - 1))
+    assert not mask & (1 << (signal.SIGXFSZ - 1))
+
+
+async def test_a_stop_signal_reaches_it(here: Path, hooks: Recorder) -> None:
+    spec = agent(here, sys.executable, SIGNALS_AGENT, ready="notify", stop_signal=signal.SIGINT)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_process, spec, hooks)
+            await hooks.is_ready.wait()
+            nursery.cancel_scope.cancel()
+    assert printed(hooks) == ["stopped by SIGINT"]
+    assert by_posix_spawn(sys.executable)
+
+
+async def test_its_group_is_killed_when_it_exits(here: Path, hooks: Recorder) -> None:
+    command = "sleep 1000 >/dev/null 2>&1 & echo $!"
+    with trio.fail_after(5):
+        assert await run_process(agent(here, "sh", "-c", command), hooks) == Outcome(code=0)
+    assert group_members(hooks.pids[0] or 0) == []
+
+
+async def test_descriptors_we_were_given_do_not_reach_it(
+    here: Path, hooks: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inherited = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.set_inheritable(inherited, True)  # as if the supervisor had been given it
+        monkeypatch.setattr(spawn, "_swept", False)  # as at a supervisor's first spawn
+        check = f"[ -e /proc/$$/fd/{inherited} ] && echo leaked || echo closed"
+        with trio.fail_after(5):
+            await run_process(agent(here, "sh", "-c", check), hooks)
+        assert printed(hooks) == ["closed"]
+        assert not os.get_inheritable(inherited)
+    finally:
+        os.close(inherited)
+
+
+async def test_a_missing_program_fails_as_with_popen(here: Path, hooks: Recorder) -> None:
+    outcome = await run_process(agent(here, "pyhton", "-V"), hooks)
+    assert outcome == Outcome(start_failed=True, error="command not found: 'pyhton'")
+    assert hooks.pids == []
+
+
+async def test_a_program_that_cannot_run_fails_as_with_popen(here: Path, hooks: Recorder) -> None:
+    (here / "plain.sh").write_text("#!/bin/sh\necho hi\n")
+    lost = here / "lost.sh"
+    lost.write_text("#!/no/such/shell\n")
+    lost.chmod(0o755)
+    outcomes = [await run_process(agent(here, name), hooks) for name in ("./plain.sh", "./lost.sh")]
+    assert outcomes == [
+        Outcome(start_failed=True, error="permission denied: './plain.sh' is not executable"),
+        Outcome(
+            start_failed=True, error="cannot run './lost.sh': its #! interpreter was not found"
+        ),
+    ]
+    assert hooks.pids == []
+
+
+async def test_a_program_found_once_and_gone_is_looked_for_again(
+    here: Path, hooks: Recorder
+) -> None:
+    first, second = here / "first", here / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    env = {"PATH": f"{first}:{second}:/usr/bin:/bin"}
+
+    def tool(folder: Path) -> None:
+        (folder / "tool").write_text(f"#!/bin/sh\necho {folder.name}\n")
+        (folder / "tool").chmod(0o755)
+
+    tool(first)
+    spec = agent(here, "tool", env=env)
+    with trio.fail_after(10):
+        assert await run_process(spec, hooks) == Outcome(code=0)
+        assert by_posix_spawn("tool")
+        (first / "tool").unlink()
+        tool(second)
+        assert await run_process(spec, hooks) == Outcome(code=0)
+        (second / "tool").unlink()
+        gone = await run_process(spec, hooks)
+    assert printed(hooks) == ["first", "second"]
+    assert gone == Outcome(start_failed=True, error="command not found: 'tool'")
+
+
+async def test_an_agent_with_another_cwd_is_spawned_by_popen(here: Path, hooks: Recorder) -> None:
+    elsewhere = here / "elsewhere"
+    elsewhere.mkdir()
+    spec = attrs.evolve(agent(here, "pwd"), cwd=elsewhere)
+    with trio.fail_after(5):
+        assert await run_process(spec, hooks) == Outcome(code=0)
+    assert printed(hooks) == [str(elsewhere)]
+    assert not by_posix_spawn("pwd")
