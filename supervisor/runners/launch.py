@@ -25,7 +25,6 @@ from contextlib import ExitStack
 from typing import Any
 
 import attrs
-import trio
 
 from supervisor.core.outcome import Outcome
 from supervisor.manifest import AgentSpec
@@ -209,9 +208,9 @@ class Child:
         """Release the pidfd. The pipes belong to their `LineRelay`s.
 
         A leader never reaped (stuck in the kernel past KILL_TIMEOUT) is reaped at a
-        later spawn (`_reap_unreaped`).
+        later spawn (`_reap_unreaped`). No task waits on the pidfd by now, so trio is not
+        told (`notify_closing`): an epoll call for nothing.
         """
-        trio.lowlevel.notify_closing(self._pidfd)
         if self.outcome is _NOT_REAPED:
             _UNREAPED.append(self._pidfd)  # by pidfd: its pid may be reaped and reused
             if self._popen is not None:

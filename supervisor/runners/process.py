@@ -242,7 +242,7 @@ async def _supervise(
         if keeper is not None:
             keeper.unregister(child.pid)
     if stop_request is not None:
-        hooks.stopped(attrs.evolve(child.outcome, killed=killed))
+        hooks.stopped(attrs.evolve(child.outcome, killed=True) if killed else child.outcome)
         raise stop_request
     return child.outcome
 
