@@ -202,8 +202,7 @@ async def _supervise(
         except OSError as exc:  # short of descriptors for the pump: undo the spawn
             for line_relay in relays:
                 line_relay.close()
-            with trio.CancelScope(shield=True):
-                await _finish(run)
+            await _finish(run)
             short = exc.errno in SHORT_OF_FDS
             return Outcome(
                 start_failed=True, error=start_error(exc, spec), short_of_resources=short
@@ -229,8 +228,7 @@ async def _supervise(
                     killed = await _stop(run)
             finally:
                 try:
-                    with trio.CancelScope(shield=True):
-                        await _finish(run)
+                    await _finish(run)
                 finally:
                     for line_relay in relays:
                         line_relay.close()
@@ -295,20 +293,27 @@ async def _stop(run: _Run) -> bool:
 
 
 async def _finish(run: _Run) -> None:
-    """Kill what is left of the run, reap the leader, drain the output. Bounded."""
+    """Kill what is left of the run, reap the leader, drain the output. Bounded, and
+    shielded where it waits: after a leader that exited by itself and left nothing (a
+    crash), it has nothing to wait for, and enters no scope at all."""
     child = run.child
     child.signal_group(signal.SIGKILL)
     # After a stop that saw them all end there is nothing left to look for (the common
     # case: a shutdown of N agents reads /proc twice per agent, not five times).
-    if not run.ended and run.processes.kill():
-        with trio.move_on_after(KILL_TIMEOUT):
-            await run.processes.wait_gone()
-    if not child.exited:  # a stop that did not wait for it, or an undone spawn
-        with trio.move_on_after(KILL_TIMEOUT):
-            await child.wait_exited()
-            child.exited = True
+    left = not run.ended and run.processes.kill()
+    if left or not child.exited:
+        with trio.CancelScope(shield=True):
+            if left:
+                with trio.move_on_after(KILL_TIMEOUT):
+                    await run.processes.wait_gone()
+            if not child.exited:  # a stop that did not wait for it, or an undone spawn
+                with trio.move_on_after(KILL_TIMEOUT):
+                    await child.wait_exited()
+                    child.exited = True
     if child.exited:
         run.processes.settle()  # no move into its cgroup may write its pid after this
         child.reap()
-    for line_relay in run.relays:
-        await line_relay.drain(DRAIN_TIMEOUT, DRAIN_LIMIT)
+    if not all(line_relay.eof for line_relay in run.relays):
+        with trio.CancelScope(shield=True):
+            for line_relay in run.relays:
+                await line_relay.drain(DRAIN_TIMEOUT, DRAIN_LIMIT)
