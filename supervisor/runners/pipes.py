@@ -149,15 +149,16 @@ class LineRelay:
 
     async def drain(self, stalled: float, limit: float) -> None:
         """Wait for end of file while output still flows: give up once `stalled`
-        seconds pass with nothing read (a process we could not find holds the pipe),
-        or after `limit` seconds in all. A slow relay (a loaded machine, a slow log)
-        is no reason to drop what the agent wrote before it ended."""
+        seconds pass with nothing read and nothing to read (a process we could not find
+        holds the pipe), or after `limit` seconds in all. A slow relay (a loaded
+        machine, a slow log), or a pump busy with another pipe, is no reason to drop
+        what the agent wrote before it ended."""
         give_up = trio.current_time() + limit
         while not self.eof and self._fd >= 0 and trio.current_time() < give_up:
             seen = self.chunks
             with trio.move_on_after(stalled):
                 await self.wait_eof()
-            if self.chunks == seen and not self._busy:
+            if self.chunks == seen and not self._busy and not _readable(self._fd):
                 return
 
 
@@ -253,6 +254,15 @@ class OutputPump:
 
 def _ignore(stream: str, lines: Sequence[str]) -> None:
     pass
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read (or end of file) right now."""
+    if fd < 0:
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 _utf8 = codecs.getincrementaldecoder("utf-8")

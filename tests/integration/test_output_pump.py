@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from supervisor.runners import Outcome
+from supervisor.runners import Outcome, process
 from supervisor.runners.process import run_process
 
 from .test_process_runner import Recorder, spec, wait_until_gone
@@ -112,3 +112,23 @@ async def test_an_exit_is_seen_while_another_child_floods(tmp_path: Path) -> Non
     assert quick.output_lines == [("stdout", "done")]
     assert flood.pids[0] is not None
     wait_until_gone(flood.pids[0])
+
+
+async def test_output_is_kept_while_the_pump_is_busy_with_another_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A drain gives up on a pipe that stalls for DRAIN_TIMEOUT; one the pump has not
+    # come to yet (it is relaying a flood, line by line through `logging`) has not.
+    caplog.set_level(logging.INFO, logger="supervisor")
+    monkeypatch.setattr(process, "DRAIN_TIMEOUT", 0.001)
+    flood = Counting(1000)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_process, spec(tmp_path, "yes"), flood)
+            await flood.enough.wait()
+            quick = [Recorder()]
+            for hooks in quick:
+                command = spec(tmp_path, "sh", "-c", "echo done; exit 4")
+                assert await run_process(command, hooks) == Outcome(code=4)
+            nursery.cancel_scope.cancel()
+    assert [hooks.output_lines for hooks in quick] == [[("stdout", "done")]]
