@@ -48,14 +48,14 @@ def own_dir() -> Path:
     raise OSError(0, "cgroup v2 is not mounted")
 
 
-def remove(path: Path) -> None:
+def remove(path: Path | str) -> None:
     """rmdir a cgroup and its (empty) children; what is still populated stays."""
     try:
         with os.scandir(path) as entries:  # kernfs gives the types: no stat per file
-            subgroups = [Path(entry.path) for entry in entries if entry.is_dir()]
+            subgroups = [entry.path for entry in entries if entry.is_dir()]
         for child in subgroups:
             remove(child)
-        path.rmdir()
+        os.rmdir(path)
     except OSError:
         pass
 
@@ -68,14 +68,14 @@ def write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def kill(cgroup: Path) -> None:
+def kill(cgroup: Path | str) -> None:
     try:
-        write(str(cgroup / "cgroup.kill"), "1")
+        write(f"{cgroup}/cgroup.kill", "1")
     except OSError:
         pass
 
 
-def relative(cgroup: Path) -> str:
+def relative(cgroup: Path | str) -> str:
     """`cgroup`'s path as /proc/PID/cgroup names it (relative to our own's root)."""
     own = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split("\n", 1)[0]
     mine = own_dir()

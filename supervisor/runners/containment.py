@@ -119,7 +119,7 @@ class Containment:
         cgroup = None
         if self.cgroups is not None and self._mover is not None:
             # the agent's last one, empty; or a new one, made by the mover
-            cgroup = self._mover.reuse(agent_id) or self.cgroups / f"{agent_id}.{n}"
+            cgroup = self._mover.reuse(agent_id) or f"{self.cgroups}/{agent_id}.{n}"
         return AgentProcesses(agent_id, mark, cgroup, self._mover)
 
     def close(self) -> None:
@@ -143,11 +143,11 @@ class AgentProcesses:
     _seen_empty = False  # `wait_gone` saw nothing left (since its leader exited)
 
     def __init__(
-        self, agent_id: str, mark: str, cgroup: Path | None, mover: Mover | None = None
+        self, agent_id: str, mark: str, cgroup: str | None, mover: Mover | None = None
     ) -> None:
         self.agent_id = agent_id
         self.mark = mark
-        self.cgroup = cgroup
+        self.cgroup = cgroup  # its path (a str: ~260 B less per run than a Path)
         self.leader = 0
         self._mover = mover
         self._move: Move | None = None  # into the cgroup, by the mover's task

@@ -27,10 +27,10 @@ them all.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Container
-from pathlib import Path
 
 import trio
 
@@ -42,14 +42,17 @@ from supervisor.runners.orphans import run_mark
 class Move:
     """One run's move into its cgroup (see the module's docstring)."""
 
-    def __init__(self, agent_id: str, leader: int, mark: str, cgroup: Path) -> None:
+    def __init__(self, agent_id: str, leader: int, mark: str, cgroup: str) -> None:
         self.agent_id = agent_id
         self.leader = leader
         self.mark = mark
         self.cgroup = cgroup
-        self.procs = str(cgroup / "cgroup.procs")
         self.state = "pending"  # -> moved -> complete; or failed
         self.settled = False  # the leader may be reaped: never write its pid again
+
+    @property
+    def procs(self) -> str:
+        return self.cgroup + "/cgroup.procs"
 
     @property
     def complete(self) -> bool:
@@ -64,7 +67,8 @@ class Move:
         if self.settled:
             return
         try:
-            self.cgroup.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.cgroup)
             cgroups.write(self.procs, str(self.leader))
             self._move_below([self.leader])
         except OSError as exc:
@@ -119,16 +123,16 @@ class Mover:
 
     def __init__(self, leaders: Container[int]) -> None:
         self._leaders = leaders  # agent leaders: never orphans of a run
-        self._asked: list[Move | Path] = []  # moves, and cgroups to remove
+        self._asked: list[Move | str] = []  # moves, and cgroups to remove
         self._wake: trio.Event | None = None  # set: the task has work
         self._root: trio.lowlevel.Task | None = None  # of the trio run the task is in
-        self._free: dict[str, Path] = {}  # by agent: its last cgroup, empty
+        self._free: dict[str, str] = {}  # by agent: its last cgroup, empty
 
-    def reuse(self, agent_id: str) -> Path | None:
+    def reuse(self, agent_id: str) -> str | None:
         """The agent's last cgroup, if `release` kept it: no other run has it."""
         return self._free.pop(agent_id, None)
 
-    def release(self, agent_id: str, cgroup: Path, empty: bool = False) -> None:
+    def release(self, agent_id: str, cgroup: str, empty: bool = False) -> None:
         """The run of `cgroup` is over (settled): keep it for the agent's next run if it
         is empty (`empty`: the run's stop just saw it so), else remove it (what is still
         populated stays)."""
@@ -137,7 +141,7 @@ class Mover:
         else:
             self.ask(cgroup)
 
-    def ask(self, item: Move | Path) -> None:
+    def ask(self, item: Move | str) -> None:
         """Do the move `item`, or remove the cgroup `item`, soon (in a trio run)."""
         self._asked.append(item)
         root = trio.lowlevel.current_root_task()
@@ -170,7 +174,7 @@ class Mover:
             move._move_tree()
         self._complete([move for move in moves if move.state == "moved"])
         for item in asked:
-            if isinstance(item, Path):
+            if isinstance(item, str):
                 cgroups.remove(item)
 
     async def _run(self, wake: trio.Event) -> None:

@@ -77,8 +77,8 @@ async def test_what_was_orphaned_before_the_move_joins_the_cgroup(
         assert run._move is not None
         assert run._move.complete
         assert run.cgroup is not None
-        assert cgroup_of(daemon).endswith("/" + run.cgroup.name)
-        assert cgroup_of(leader.pid).endswith("/" + run.cgroup.name)
+        assert cgroup_of(daemon).endswith("/" + Path(run.cgroup).name)
+        assert cgroup_of(leader.pid).endswith("/" + Path(run.cgroup).name)
         assert daemon in run.pids()
     finally:
         run.kill()
@@ -128,10 +128,10 @@ async def test_a_cgroup_the_agent_made_below_its_own_is_stopped_too(
     assert run._move is not None
     assert run._move.complete
     assert run.cgroup is not None
-    inner = run.cgroup / "inner"
+    inner = Path(run.cgroup) / "inner"
     inner.mkdir()  # what the agent could do itself
     (inner / "cgroup.procs").write_text(str(daemon))
-    assert str(daemon) not in (run.cgroup / "cgroup.procs").read_text().split()
+    assert str(daemon) not in (Path(run.cgroup) / "cgroup.procs").read_text().split()
     monkeypatch.setattr(procfs, "thread_children", lambda pid, tid: [])  # the cgroup alone
     run.signal(signal.SIGTERM)
     leader.terminate()
@@ -142,7 +142,7 @@ async def test_a_cgroup_the_agent_made_below_its_own_is_stopped_too(
     run.settle()
     run.close()
     cgroup_mode.close()
-    assert not run.cgroup.exists()
+    assert not await trio.Path(run.cgroup).exists()
 
 
 def test_a_settled_move_never_writes_the_pid(cgroup_mode: Containment) -> None:
@@ -152,7 +152,7 @@ def test_a_settled_move_never_writes_the_pid(cgroup_mode: Containment) -> None:
     cgroup.mkdir()
     bystander = subprocess.Popen(["sleep", "1000"])
     try:
-        move = Move("e", bystander.pid, "mark", cgroup)
+        move = Move("e", bystander.pid, "mark", str(cgroup))
         move.settle()
         Mover(LEADERS).do(move)
         assert move.state == "pending"
