@@ -11,13 +11,22 @@ from pathlib import Path
 
 
 def make_parent() -> Path:
-    """``<our cgroup>/supervisor-PID``, made; OSError if cgroup v2 is not ours to use."""
+    """``<our cgroup>/supervisor-NS-PID``, made; OSError if cgroup v2 is not ours to use.
+
+    NS is our PID namespace's inode number: a PID means something only in its namespace,
+    and supervisors of several namespaces (containers without a cgroup namespace, a
+    supervisor under ``unshare --pid``) can share a cgroup, even with the same PID.
+    """
     own = own_dir()
-    for stale in own.glob("supervisor-*"):  # left by a supervisor that was SIGKILLed
-        pid = stale.name.removeprefix("supervisor-")
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            remove(stale)
-    parent = own / f"supervisor-{os.getpid()}"
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    # (only where /proc shows our namespace's PIDs: not under `unshare --pid` without
+    # a /proc of its own, where a PID of ours would be looked up among the host's)
+    if os.readlink("/proc/self") == str(os.getpid()):
+        for stale in own.glob(f"supervisor-{namespace}-*"):  # left by one SIGKILLed
+            pid = stale.name.rpartition("-")[2]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                remove(stale)
+    parent = own / f"supervisor-{namespace}-{os.getpid()}"
     parent.mkdir(exist_ok=True)
     procs = parent / "cgroup.procs"
     if not (parent / "cgroup.kill").exists():
