@@ -54,6 +54,7 @@ from supervisor.runners.orphans import (
 
 MODE_VARIABLE = "SUPERVISOR_CONTAINMENT"  # "auto" (default), "cgroup" or "ancestry"
 PR_SET_CHILD_SUBREAPER = 36
+_KILL = (signal.SIGKILL,)
 Mode = Literal["cgroup", "ancestry"]
 
 # The pids of every live agent leader of this process, from spawn until reaped by its
@@ -214,8 +215,11 @@ class AgentProcesses:
             return sorted(found.keys() | self._signalled.keys())
 
     def signal(self, *signals: int) -> None:
-        """Send each of `signals` to every process of the run but the leader (its group
-        is its runner's), and to any found later in this stop (`wait_gone`)."""
+        """Send each of `signals` once to every process of the run outside the leader's
+        group, which its runner has just signalled (``killpg``), now and when found later
+        in this stop (`wait_gone`). Once: a second SIGTERM is "quit at once" to many
+        programs, and a process that the group's handlers fork after the ``killpg`` (a
+        TERM trap's ``systemd-notify EXTEND_TIMEOUT_USEC=…``) is not hit by it."""
         self._sent = signals
         found: dict[int, int] = {}  # (no `_snapshot`: this is every stop's first step)
         try:
@@ -226,13 +230,10 @@ class AgentProcesses:
         finally:
             for fd in found.values():
                 _close(fd)
-        for sig in signals:
-            for fd in self._signalled.values():
-                procfs.send(fd, sig)
 
     def kill(self) -> bool:
         """SIGKILL every process of the run but the leader; whether there were any."""
-        self._sent = (signal.SIGKILL,)
+        self._sent = _KILL
         for fd in self._signalled.values():
             procfs.send(fd, signal.SIGKILL)
         killed = set(self._signalled)
@@ -275,12 +276,20 @@ class AgentProcesses:
 
     def _keep(self, found: dict[int, int]) -> None:
         """Keep the pidfds of `found` (taken out of it) for the rest of the stop; the
-        newly found get the stop's signals."""
+        newly found get the stop's signals, but for members of the leader's group (the
+        runner's ``killpg`` sent them; SIGKILL goes to everyone)."""
         for pid in list(found):
             if pid not in self._signalled and len(self._signalled) < _KEPT_MAX:
                 fd = self._signalled[pid] = found.pop(pid)
-                for sig in self._sent:
-                    procfs.send(fd, sig)
+                if self._sent and (self._sent == _KILL or not self._in_group(pid)):
+                    for sig in self._sent:
+                        procfs.send(fd, sig)
+
+    def _in_group(self, pid: int) -> bool:
+        try:
+            return os.getpgid(pid) == self.leader
+        except OSError:  # gone (its pidfd is kept: a reused pid is never signalled)
+            return False
 
     def close(self) -> None:
         """The leader is reaped: forget it; its cgroup goes to its next run if empty."""

@@ -29,6 +29,7 @@ from ..harness import alive, lines, wait_until
 from .test_process_runner import Recorder
 
 ESCAPE = str(Path(__file__).parents[1] / "agents" / "escape.py")
+COUNT = str(Path(__file__).parents[1] / "agents" / "count_signals.py")
 ESCAPED = {"daemon": 1, "setsid": 1, "deep": 3}  # processes each mode leaves its group with
 
 
@@ -117,6 +118,38 @@ async def test_a_leader_that_exits_takes_its_daemons_along(
     pids = [int(p) for p in lines(tmp_path / "pids")]
     assert len(pids) == ESCAPED[mode]
     assert left_running(pids) == []
+
+
+@pytest.mark.parametrize("containment", MODES, indirect=True)
+async def test_a_stop_signals_each_process_once(
+    tmp_path: Path, subreaper: None, containment: Containment
+) -> None:
+    # The leader's group gets the stop signal by killpg, the escapee by its pidfd: a
+    # second one is "quit at once" to many programs (a real-time signal: none merges).
+    spec = AgentSpec(
+        id="c",
+        kind="process",
+        command=(sys.executable, COUNT, str(tmp_path)),
+        stop_signal=signal.SIGRTMIN,
+        root=tmp_path,
+        cwd=tmp_path,
+    )
+    hooks = Recorder()
+    everyone = ("leader", "member", "escapee")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: run_process(spec, hooks, containment=containment))
+            await hooks.is_launched.wait()
+            await trio.to_thread.run_sync(
+                lambda: wait_until(
+                    lambda: all((tmp_path / f"{who}.ready").exists() for who in everyone),
+                    what="the three counting",
+                )
+            )
+            nursery.cancel_scope.cancel()
+    assert hooks.stop_outcomes == [Outcome(code=0)]
+    counts = {who: (tmp_path / f"{who}.count").stat().st_size for who in everyone}
+    assert counts == {"leader": 1, "member": 1, "escapee": 1}
 
 
 @pytest.mark.parametrize("containment", MODES, indirect=True)
