@@ -322,8 +322,11 @@ class Slot(AgentSays):
                     return
                 self.restarts += 1
                 self._set("backoff", f"{describe(outcome)}; restart in {decision.delay:.2f}s")
-                with self._cancellable(decision.delay):
-                    await trio.sleep_forever()
+                # A process that ran has yielded: with no delay, respawn before the tasks
+                # its exit woke (docs/performance.md, crash -> running).
+                if decision.delay or outcome.start_failed or self.spec.kind != "process":
+                    with self._cancellable(decision.delay):
+                        await trio.sleep_forever()
                 if self._stop_requested:
                     return
             self._set("stopped", f"not started: {self.refused}")

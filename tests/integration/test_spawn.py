@@ -20,9 +20,12 @@ import attrs
 import pytest
 import trio
 
-from supervisor.manifest import AgentSpec
+from supervisor.health.lag import SLOT_TASK_PREFIX
+from supervisor.manifest import AgentSpec, Backoff
 from supervisor.runners import Outcome, spawn
+from supervisor.runners.dispatch import make_runner
 from supervisor.runners.process import run_process
+from supervisor.slot import Slot
 
 from ..harness import group_members
 from .test_process_runner import SIGNALS_AGENT, Recorder, wait_until_gone
@@ -181,3 +184,44 @@ async def test_an_agent_with_another_cwd_is_spawned_by_popen(here: Path, hooks: 
         assert await run_process(spec, hooks) == Outcome(code=0)
     assert printed(hooks) == [str(elsewhere)]
     assert not by_posix_spawn("pwd")
+
+
+class Steps(trio.abc.Instrument):
+    """Counts the steps of the slot tasks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.startswith(SLOT_TASK_PREFIX):
+            self.count += 1
+
+
+async def test_a_crash_with_no_backoff_is_respawned_in_the_step_that_saw_it(here: Path) -> None:
+    # Nothing else runs between seeing the exit and the new spawn (docs/performance.md).
+    spec = attrs.evolve(
+        agent(here, "sh", "-c", "exit 3"),
+        restart="always",
+        backoff=Backoff(initial=0.0, jitter=0.0),
+        max_restarts=3,
+    )
+    steps = Steps()
+    seen: list[tuple[str, int | None, int]] = []
+
+    def changed(slot: Slot) -> None:
+        if not seen or seen[-1][:2] != (slot.state, slot.pid):
+            seen.append((slot.state, slot.pid, steps.count))
+
+    trio.lowlevel.add_instrument(steps)
+    slot = Slot(spec, make_runner(), on_change=changed)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            slot.launch(nursery)
+            await slot.wait_stopped()
+    trio.lowlevel.remove_instrument(steps)
+    assert slot.state == "failed"
+    backoffs = [step for state, _, step in seen if state == "backoff"]
+    first_seen = {pid: step for _, pid, step in reversed(seen) if pid is not None}
+    respawns = sorted(first_seen.values())[1:]
+    assert len(backoffs) == 3
+    assert respawns == backoffs
