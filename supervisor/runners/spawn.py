@@ -38,7 +38,7 @@ def spawn(
     """Spawn `command` leading a new process group, stdin /dev/null, its stdout and stderr
     to the descriptors given; its pid. None if it cannot be done this way or failed: then
     Popen is to try (and fail for the reason it gives)."""
-    if stdout < 3 or stderr < 3 or cwd != os.getcwd():
+    if stdout < 3 or stderr < 3 or cwd != _cwd():
         return None
     program = command[0]
     key = (program, env.get(b"PATH"))
@@ -68,6 +68,13 @@ def spawn(
             _found.clear()
         _found[key] = path
     return pid
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # ours was removed: only Popen can give the agent its own
+        return None
 
 
 def _find(program: str, env: Mapping[bytes, bytes]) -> str | None:

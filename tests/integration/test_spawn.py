@@ -225,3 +225,15 @@ async def test_a_crash_with_no_backoff_is_respawned_in_the_step_that_saw_it(here
     respawns = sorted(first_seen.values())[1:]
     assert len(backoffs) == 3
     assert respawns == backoffs
+
+
+async def test_a_supervisor_whose_cwd_was_removed_still_spawns(
+    here: Path, hooks: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = here / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with trio.fail_after(5):
+        assert await run_process(agent(here, "pwd"), hooks) == Outcome(code=0)
+    assert printed(hooks) == [str(here)]
