@@ -74,6 +74,7 @@ class ControlRequests:
         if spec.id in self.slots:
             raise Conflict(f"agent {spec.id!r} already exists")
         slot = self._add(spec, "api")
+        self._table_changed()
         done = Reply()
         assert self._nursery is not None
         self._nursery.start_soon(self._settle_load, slot, body, done)

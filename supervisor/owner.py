@@ -328,6 +328,7 @@ class Supervisor(ControlRequests):
     ) -> None:
         for agent_id in ids:
             self._add(desired[agent_id], sources[agent_id])
+        self._table_changed()  # once for them all (`_add` does not): nobody ran in between
 
     def _add(self, spec: AgentSpec, source: Source) -> Slot:
         assert self._nursery is not None
@@ -340,7 +341,6 @@ class Supervisor(ControlRequests):
             self.loop_lag.watch(self.manifest.settings.loop_lag_warning)
         if spec.enabled:
             slot.launch(self._nursery)
-        self._table_changed()
         return slot
 
     def _remove(self, agent_id: str) -> None:

@@ -83,6 +83,10 @@ def load_entry(spec: AgentSpec) -> AgentMain:
     """
     entry = spec.entry or ""
     module_name, _, qualname = entry.partition(":")
+    if spec.path is None:
+        known = _loaded_entry(entry, qualname, str(spec.root))
+        if known is not None:
+            return known
     if not module_name or not qualname:
         raise EntryError(f"cannot import {entry!r}: an entry looks like 'pkg.mod:func'")
     try:
@@ -97,7 +101,33 @@ def load_entry(spec: AgentSpec) -> AgentMain:
     target = _resolve(module, qualname, entry)
     if not _is_async_callable(target):
         raise EntryError(f"{entry!r} is not an async function")
+    if spec.path is None:
+        _entries[entry, str(spec.root)] = (module, target)
     return target
+
+
+# The entries loaded for agents that are not folder agents, by (entry, root): the module
+# and the callable found in it. One is taken again, without the import system, while
+# the root still leads `sys.path`, the module is still `sys.modules`' own (once a folder
+# agent's modules of its name are dropped, as for an import), and the name still
+# resolves to it: what importing again would give (10,000 agents of one entry
+# import it once, not 10,000 times: docs/performance.md). One entry per entry and root.
+_entries: dict[tuple[str, str], tuple[ModuleType, AgentMain]] = {}
+
+
+def _loaded_entry(entry: str, qualname: str, root: str) -> AgentMain | None:
+    known = _entries.get((entry, root))
+    if known is None or sys.path[:1] != [root]:
+        return None
+    module, target = known
+    _FolderModules.forget({_top(module.__name__)}, folder=None)  # as an import would
+    if sys.modules.get(module.__name__) is not module:
+        return None
+    if "." in qualname:
+        found: object = _resolve(module, qualname, entry)
+    else:
+        found = module.__dict__.get(qualname)
+    return target if found is target else None
 
 
 def _resolve(module: ModuleType, qualname: str, entry: str) -> object:

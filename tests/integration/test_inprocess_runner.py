@@ -23,6 +23,7 @@ import pytest
 import trio
 import trio.testing
 
+from supervisor.context import AgentContext
 from supervisor.manifest import AgentSpec
 from supervisor.runners import Outcome
 from supervisor.runners.inprocess import run_inprocess
@@ -337,6 +338,31 @@ async def test_the_root_comes_first_on_the_import_path(
     assert sys.path.count(str(tmp_path)) == 1
 
 
+async def test_a_later_start_gets_what_importing_again_would(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Later starts of an entry skip the import system, never for something an import
+    would not give: a replaced function, a module dropped from sys.modules (imported
+    anew), a root no longer first on the import path (put first again)."""
+    name = write_module(tmp_path, "async def main(ctx):\n    ctx.status('first')\n")
+    spec = make_spec(entry=f"{name}:main", root=tmp_path)
+
+    async def replaced(ctx: AgentContext) -> None:
+        ctx.status("replaced")
+
+    with trio.fail_after(5):
+        assert [(await run(spec))[1][-1] for _ in range(2)] == ["first", "first"]
+        sys.modules[name].main = replaced
+        assert (await run(spec))[1][-1] == "replaced"
+        (tmp_path / f"{name}.py").write_text("async def main(ctx):\n    ctx.status('anew')\n")
+        del sys.modules[name]
+        assert (await run(spec))[1][-1] == "anew"
+        sys.path.remove(str(tmp_path))
+        sys.path.append(str(tmp_path))
+        assert (await run(spec))[1][-1] == "anew"
+    assert sys.path[0] == str(tmp_path)
+
+
 # --- Readiness ---------------------------------------------------------------------------
 
 
@@ -590,8 +616,9 @@ async def test_a_root_module_is_not_shadowed_by_a_folders_module_of_that_name(
     (tmp_path / "root" / "agent.py").write_text(source)
     root_spec = make_spec(entry="agent:main", root=tmp_path / "root")
     with trio.fail_after(5):
-        said = [(await run(spec))[1][-1] for spec in (folder_spec, root_spec, folder_spec)]
-    assert said == [str(tmp_path / f / "agent.py") for f in ("folder", "root", "folder")]
+        starts = (folder_spec, root_spec, folder_spec, root_spec)
+        said = [(await run(spec))[1][-1] for spec in starts]
+    assert said == [str(tmp_path / f / "agent.py") for f in ("folder", "root") * 2]
     assert sys.modules["agent"].__file__ == str(tmp_path / "root" / "agent.py")  # given back
 
 
