@@ -42,10 +42,6 @@ The entry is imported by `supervisor.runners.entry` (fresh imports of folder age
 
 from __future__ import annotations
 
-import copy
-import datetime
-from typing import Any
-
 import trio
 
 from supervisor.context import AgentContext
@@ -90,8 +86,9 @@ async def run_inprocess(spec: AgentSpec, hooks: Hooks) -> Outcome:
     await trio.lowlevel.checkpoint_if_cancelled()
     if (why := hooks.may_spawn()) is not None:  # after the last await: the import's
         return Outcome(start_failed=True, error=f"not started: {why}")
-    # A copy: the agent may change its params, the spec must stay as the manifest says.
-    ctx = AgentContext(spec.id, _own_params(spec.params), spec.stop_timeout, hooks)
+    # The agent gets a copy of its params (at its first use of ctx.params): it may
+    # change them, the spec must stay as the manifest says.
+    ctx = AgentContext(spec.id, spec.params, spec.stop_timeout, hooks)
     hooks.on_stop(ctx._request_stop)
     hooks.launched(None)
     if spec.ready == "immediate":
@@ -127,19 +124,6 @@ async def run_inprocess(spec: AgentSpec, hooks: Hooks) -> Outcome:
     # the caller. (Cancelled just as the agent ended by itself, it wins too.)
     await trio.lowlevel.checkpoint_if_cancelled()
     return outcome
-
-
-# Values a shallow copy may share: nothing the agent does to them shows in the spec.
-_IMMUTABLE = (str, int, float, bool, datetime.date, datetime.time)
-
-
-def _own_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The agent's own copy of its params: a dict copy when every value is immutable
-    (the common flat table: ~1/4 of the time of a deep copy), else a deep copy."""
-    for value in params.values():
-        if not isinstance(value, _IMMUTABLE):
-            return copy.deepcopy(params)
-    return dict(params)
 
 
 def _outcome_of(exc: BaseException, ctx: AgentContext) -> Outcome:
