@@ -10,7 +10,8 @@ uses rarely or never, and each costs memory for as long as it runs:
 - `http.client` (starlette's `HTTPException`, for status phrases), which imports the
   `email` package, and `email.utils` (starlette's responses, for dates in headers).
 - `html` and `html.entities` (starlette's debug error page), `http.cookies` (cookies),
-  `idna` (trio's name resolution of non-ASCII host names).
+  `idna` (trio's name resolution of non-ASCII host names), `mimetypes` (starlette's
+  file responses).
 
 `install()`, called before trio is imported, puts lazy modules in their place: each is
 imported for real at the first use of one of its attributes (``import ssl`` costs
@@ -22,7 +23,8 @@ compare_digest``) by modules we import but used only later, or never:
 - ``asyncio.iscoroutinefunction`` is `inspect.iscoroutinefunction` until asyncio is
   imported (only asyncio can mark a function as its coroutine function otherwise);
 - ``http.client.responses`` is built from `http.HTTPStatus`, as `http.client` builds it;
-- ``email.utils.formatdate`` and ``format_datetime`` import `email.utils` when called.
+- ``email.utils.formatdate`` and ``format_datetime``, and ``mimetypes.guess_type``,
+  import their module when called.
 
 Importing this module installs them (`supervisor.run` imports it first). A module
 already imported is left as it is. tests/e2e/test_footprint.py checks that a running
@@ -51,6 +53,7 @@ LAZY = (
     "email.utils",
     "html",
     "idna",
+    "mimetypes",
 )
 _IMPORT_NAME = 108  # opcode.opmap["IMPORT_NAME"] (checked by the tests)
 
@@ -164,6 +167,7 @@ _SERVED: dict[tuple[str, str], Any] = {
     ("http.client", "responses"): {status.value: status.phrase for status in HTTPStatus},
     ("email.utils", "formatdate"): _called_from("email.utils", "formatdate"),
     ("email.utils", "format_datetime"): _called_from("email.utils", "format_datetime"),
+    ("mimetypes", "guess_type"): _called_from("mimetypes", "guess_type"),
 }
 
 install()

@@ -30,11 +30,9 @@ from starlette.types import ASGIApp
 from supervisor.api.access import Guard
 from supervisor.api.agent import Fields, agents_json, not_ready, parse_fields, wall_offset
 from supervisor.api.body import read_json_object
-from supervisor.api.cluster import cluster_handlers
 from supervisor.api.errors import EXCEPTION_HANDLERS, REFUSALS, ApiError, refusal
 from supervisor.api.metrics import RequestCounts, SupervisorCollector
 from supervisor.api.observe import Observe
-from supervisor.api.openapi import OPENAPI
 from supervisor.api.routing import CountRequests, Endpoint, route
 from supervisor.api.rules import RequestRules
 from supervisor.owner import Supervisor
@@ -67,6 +65,8 @@ class ControlApi:
         unload: Endpoint = self.unload
         more: list[BaseRoute] = []
         if self.cluster is not None:  # loads go to the cluster's shared overlay
+            from supervisor.api.cluster import cluster_handlers  # (only a member's)
+
             load, unload, more = cluster_handlers(self.sup, self.cluster, self.guard)
         return [
             route("/agents", GET=self.list_agents, POST=load),
@@ -141,6 +141,8 @@ class ControlApi:
         return Response(encode(self._registry), headers={"content-type": content_type})
 
     async def openapi(self, request: Request) -> Response:
+        from supervisor.api.openapi import OPENAPI  # (a large document, seldom asked for)
+
         return JSONResponse(OPENAPI)
 
     def _slot(self, agent_id: str) -> Slot:

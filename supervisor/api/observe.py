@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from functools import partial
-from importlib import resources
 from typing import Any
 
 import attrs
@@ -39,7 +38,7 @@ class Observe:
     def __init__(self, sup: Supervisor, guard: Guard) -> None:
         self.sup = sup
         self.guard = guard
-        self.page = resources.files("supervisor.api").joinpath(PAGE).read_bytes()
+        self._page: bytes | None = None  # read at the first request (importlib.resources)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -47,6 +46,14 @@ class Observe:
             route("/agents/{id}/logs", GET=self.logs),
             route("/events", GET=self.events),
         ]
+
+    @property
+    def page(self) -> bytes:
+        if self._page is None:
+            from importlib import resources  # (it loads zipfile: not for a supervisor unasked)
+
+            self._page = resources.files("supervisor.api").joinpath(PAGE).read_bytes()
+        return self._page
 
     async def status_page(self, request: Request) -> Response:
         return HTMLResponse(

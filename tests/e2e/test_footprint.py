@@ -90,6 +90,11 @@ NEVER_LOADED = [
     "idna",
     "idna.core",
     "anyio._backends._trio",  # a sync handler of errors would run in anyio's worker thread
+    "mimetypes",
+    "zipfile",  # importlib.resources': the status page is read at its first request
+    "supervisor.api.openapi",  # at the first GET /openapi.json
+    "supervisor.api.cluster",  # a cluster member's
+    "supervisor.cluster",
 ]
 OPENSSL = ("libssl", "libcrypto")
 
@@ -182,6 +187,8 @@ assert b"k=v" in response.headers.raw[-1][1] and b"expires=" in response.headers
 import html, idna
 assert html.escape("<a>") == "&lt;a&gt;" and html.unescape("&eacute;") == "\u00e9"
 assert idna.encode("b\u00fccher.de") == b"xn--bcher-kva.de"
+from starlette.responses import guess_type
+assert guess_type("page.html")[0] == "text/html"
 assert trio._socket._idna.decode(b"xn--bcher-kva.de") == "b\u00fccher.de"
 from http.client import HTTPConnection, responses  # the real module, by now
 assert responses[404] == "Not Found" and HTTPConnection.__module__ == "http.client"
