@@ -11,7 +11,9 @@ uses rarely or never, and each costs memory for as long as it runs:
   `email` package, and `email.utils` (starlette's responses, for dates in headers).
 - `html` and `html.entities` (starlette's debug error page), `http.cookies` (cookies),
   `idna` (trio's name resolution of non-ASCII host names), `mimetypes` (starlette's
-  file responses).
+  file responses), `shutil` (`ctypes.util` and `tempfile`, imported by trio and
+  starlette), whose import loads zlib, bz2 and lzma and their libraries to see whether
+  they are there; `datetime` (starlette's responses, for cookies' expiry dates).
 
 `install()`, called before trio is imported, puts lazy modules in their place: each is
 imported for real at the first use of one of its attributes (``import ssl`` costs
@@ -24,7 +26,10 @@ compare_digest``) by modules we import but used only later, or never:
   imported (only asyncio can mark a function as its coroutine function otherwise);
 - ``http.client.responses`` is built from `http.HTTPStatus`, as `http.client` builds it;
 - ``email.utils.formatdate`` and ``format_datetime``, and ``mimetypes.guess_type``,
-  import their module when called.
+  import their module when called;
+- ``datetime.datetime``, to `starlette.responses` alone (which only asks whether a
+  cookie's expiry is one), is a class no object is an instance of until datetime is
+  imported: none can be made before.
 
 Importing this module installs them (`supervisor.run` imports it first). A module
 already imported is left as it is. tests/e2e/test_footprint.py checks that a running
@@ -54,6 +59,8 @@ LAZY = (
     "html",
     "idna",
     "mimetypes",
+    "shutil",
+    "datetime",
 )
 _IMPORT_NAME = 108  # opcode.opmap["IMPORT_NAME"] (checked by the tests)
 
@@ -92,9 +99,13 @@ class _Lazy(types.ModuleType):
         self.__spec__ = spec
 
     def __getattr__(self, name: str) -> Any:
-        served = _SERVED.get((self.__name__, name))
-        if served is not None and sys.modules.get(self.__name__) is self:
-            return served
+        if sys.modules.get(self.__name__) is self:
+            served = _SERVED.get((self.__name__, name))
+            if served is None:
+                importer = str(sys._getframe(1).f_globals.get("__name__"))  # who asks
+                served = _SERVED_TO.get((self.__name__, name, importer))
+            if served is not None:
+                return served
         if name == "__path__" and _asked_by_from_import():
             # ``from x import y`` asks whether x is a package first; saying no makes it
             # look y up as an attribute (served, or the module is imported for real then)
@@ -161,6 +172,30 @@ def _called_from(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
+class _InstancesOnceLoaded(type):
+    """`isinstance` against the class `name` of the lazy module `module`, which is
+    False while it is lazy."""
+
+    module: str
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        module = sys.modules.get(cls.module)
+        return (
+            module is not None
+            and not isinstance(module, _Lazy)
+            and isinstance(obj, getattr(module, cls.__name__))
+        )
+
+
+class _Datetime(metaclass=_InstancesOnceLoaded):
+    module = "datetime"
+
+
+_Datetime.__name__ = "datetime"
+
+_SERVED_TO: dict[tuple[str, str, str], Any] = {
+    ("datetime", "datetime", "starlette.responses"): _Datetime,
+}
 _SERVED: dict[tuple[str, str], Any] = {
     ("hmac", "compare_digest"): _compare_digest,
     ("asyncio", "iscoroutinefunction"): _iscoroutinefunction,

@@ -41,7 +41,6 @@ caller may skip it there.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -80,7 +79,7 @@ class Keeper:
         read_end, write_end = os.pipe()  # both close-on-exec: no other child holds them
         mark = f"{os.getpid()}-{os.urandom(8).hex()}"
         if shell is None:
-            shell = os.access(SHELL, os.X_OK) and shutil.which("grep", path=_PATH) is not None
+            shell = os.access(SHELL, os.X_OK) and _on_path("grep")
         if shell:
             argv = [SHELL, str(SHELL_PROGRAM), "supervisor-keeper", mark]
             env = {"PATH": _PATH}
@@ -185,6 +184,16 @@ class Keeper:
         if not self._warned:
             self._warned = True
             log.warning(message)
+
+
+def _on_path(program: str) -> bool:
+    """Whether `program` is an executable file in a directory of `_PATH` (what
+    ``shutil.which`` says, without importing shutil: `supervisor.lazyimports`)."""
+    for directory in _PATH.split(":"):
+        candidate = os.path.join(directory, program)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return True
+    return False
 
 
 def _ticks_now() -> int:

@@ -105,7 +105,12 @@ def plain(value: Any) -> Any:
 def _is_datetime(value: Any) -> bool:
     """A TOML date, time or date-time (made by the datetime module: loaded if there is one)."""
     module = sys.modules.get("datetime")
-    return module is not None and isinstance(value, module.datetime | module.date | module.time)
+    if module is None:
+        return False
+    names = vars(module)  # not getattr: it would import a lazy one (supervisor.lazyimports)
+    return isinstance(
+        value, tuple(names[name] for name in ("datetime", "date", "time") if name in names)
+    )
 
 
 # --- The hooks: types checked strictly ------------------------------------------------

@@ -37,6 +37,10 @@ NOT_AT_START = [
 ]
 
 
+# A module is loaded if it is in sys.modules and not lazy (`supervisor.lazyimports`).
+LOADED = "m in sys.modules and type(sys.modules[m]).__name__ != '_Lazy'"
+
+
 def test_run_loads_nothing_it_does_not_use_at_start(tmp_path: Path) -> None:
     manifest = tmp_path / "agents.toml"
     manifest.write_text(
@@ -46,7 +50,7 @@ def test_run_loads_nothing_it_does_not_use_at_start(tmp_path: Path) -> None:
     code = (
         "import sys, pathlib, supervisor.cli, supervisor.run, supervisor.api.serve\n"
         f"supervisor.run.mf.load(pathlib.Path({str(manifest)!r}))\n"
-        f"print(sorted(m for m in {NOT_AT_START!r} if m in sys.modules))"
+        f"print(sorted(m for m in {NOT_AT_START!r} if {LOADED}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -95,6 +99,12 @@ NEVER_LOADED = [
     "supervisor.api.openapi",  # at the first GET /openapi.json
     "supervisor.api.cluster",  # a cluster member's
     "supervisor.cluster",
+    "shutil",  # its import loads zlib, bz2 and lzma, with their libraries
+    "zlib",
+    "_bz2",
+    "_lzma",
+    "datetime",
+    "_datetime",
 ]
 OPENSSL = ("libssl", "libcrypto")
 
@@ -189,6 +199,20 @@ assert html.escape("<a>") == "&lt;a&gt;" and html.unescape("&eacute;") == "\u00e
 assert idna.encode("b\u00fccher.de") == b"xn--bcher-kva.de"
 from starlette.responses import guess_type
 assert guess_type("page.html")[0] == "text/html"
+import shutil, tempfile
+assert shutil.which("sh") and "zlib" in sys.modules  # loaded for real
+with tempfile.TemporaryDirectory() as scratch:  # tempfile's own lazy shutil, for rmtree
+    pass
+import starlette.responses, datetime as dt
+assert type(sys.modules["datetime"]).__name__ == "_Lazy"
+assert not isinstance(3, starlette.responses.datetime)  # starlette's, while it is lazy
+from datetime import datetime, timezone  # anyone else's: the real class
+assert datetime.__module__ == "datetime" and dt.datetime is datetime
+expires = datetime(2030, 1, 1, tzinfo=timezone.utc)
+assert isinstance(expires, starlette.responses.datetime)
+response = Response()
+response.set_cookie("k", "v", expires=expires)
+assert b"expires=Tue, 01 Jan 2030 00:00:00 GMT" in response.headers.raw[-1][1]
 assert trio._socket._idna.decode(b"xn--bcher-kva.de") == "b\u00fccher.de"
 from http.client import HTTPConnection, responses  # the real module, by now
 assert responses[404] == "Not Found" and HTTPConnection.__module__ == "http.client"
