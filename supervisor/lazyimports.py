@@ -13,7 +13,8 @@ uses rarely or never, and each costs memory for as long as it runs:
   `idna` (trio's name resolution of non-ASCII host names), `mimetypes` (starlette's
   file responses), `shutil` (`ctypes.util` and `tempfile`, imported by trio and
   starlette), whose import loads zlib, bz2 and lzma and their libraries to see whether
-  they are there; `datetime` (starlette's responses, for cookies' expiry dates).
+  they are there; `datetime` (starlette's responses, for cookies' expiry dates);
+  `tempfile` (starlette's form parser, for uploaded files; `ctypes.util`).
 
 `install()`, called before trio is imported, puts lazy modules in their place: each is
 imported for real at the first use of one of its attributes (``import ssl`` costs
@@ -29,7 +30,8 @@ compare_digest``) by modules we import but used only later, or never:
   import their module when called;
 - ``datetime.datetime``, to `starlette.responses` alone (which only asks whether a
   cookie's expiry is one), is a class no object is an instance of until datetime is
-  imported: none can be made before.
+  imported: none can be made before; ``tempfile.SpooledTemporaryFile``, to
+  `starlette.formparsers` alone (which only calls it), imports tempfile when called.
 
 Importing this module installs them (`supervisor.run` imports it first). A module
 already imported is left as it is. tests/e2e/test_footprint.py checks that a running
@@ -61,6 +63,7 @@ LAZY = (
     "mimetypes",
     "shutil",
     "datetime",
+    "tempfile",
 )
 _IMPORT_NAME = 108  # opcode.opmap["IMPORT_NAME"] (checked by the tests)
 
@@ -193,9 +196,6 @@ class _Datetime(metaclass=_InstancesOnceLoaded):
 
 _Datetime.__name__ = "datetime"
 
-_SERVED_TO: dict[tuple[str, str, str], Any] = {
-    ("datetime", "datetime", "starlette.responses"): _Datetime,
-}
 _SERVED: dict[tuple[str, str], Any] = {
     ("hmac", "compare_digest"): _compare_digest,
     ("asyncio", "iscoroutinefunction"): _iscoroutinefunction,
@@ -205,4 +205,10 @@ _SERVED: dict[tuple[str, str], Any] = {
     ("mimetypes", "guess_type"): _called_from("mimetypes", "guess_type"),
 }
 
+_SERVED_TO: dict[tuple[str, str, str], Any] = {
+    ("datetime", "datetime", "starlette.responses"): _Datetime,
+    ("tempfile", "SpooledTemporaryFile", "starlette.formparsers"): _called_from(
+        "tempfile", "SpooledTemporaryFile"
+    ),
+}
 install()

@@ -146,12 +146,25 @@ async def serve_bound(
                 where = f", token in {api.made[0]}" if api.made else ""
                 log.info("API on %s (%s%s)", api.address, api.guard.note(), where)
                 task_status.started(api.address)
+                return_free_heap()  # the start is done
                 await trio.sleep_forever()
             finally:
                 stop.set()
                 shield.deadline = trio.current_time() + GRACE + 1.0
     finally:
         api.close()
+
+
+def return_free_heap() -> None:
+    """Give the C heap's free pages back to the system: the start (the manifest's
+    parse, the spawns, the HTTP stack's import) leaves some that ``free`` keeps (~0.1
+    MiB at 500 agents). glibc's ``malloc_trim``, through ctypes (imported by trio)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
 
 
 async def _shielded(
