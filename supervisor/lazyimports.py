@@ -3,18 +3,18 @@
 trio, anyio and starlette import, when they are imported, modules that a supervisor
 uses rarely or never, and each costs memory for as long as it runs:
 
-- `ssl`, `hashlib` and `hmac` (trio's `_ssl` and `_dtls`, anyio, starlette) load
-  OpenSSL's libraries: ~5 MiB. A supervisor speaks TLS only as a cluster member with an
+- `ssl`, `hashlib`, `hmac` (trio's `_ssl` and `_dtls`, anyio, starlette) load OpenSSL's
+  libraries: ~5 MiB. A supervisor speaks TLS only as a cluster member with an
   ``https://`` etcd, and hashes nothing.
 - `asyncio` (starlette, for ``iscoroutinefunction``): ~1 MiB.
-- `http.client` (starlette's `HTTPException`, for status phrases), which imports the
-  `email` package, and `email.utils` (starlette's responses, for dates in headers).
-- `html` and `html.entities` (starlette's debug error page), `http.cookies` (cookies),
-  `idna` (trio's name resolution of non-ASCII host names), `mimetypes` (starlette's
-  file responses), `shutil` (`ctypes.util` and `tempfile`, imported by trio and
-  starlette), whose import loads zlib, bz2 and lzma and their libraries to see whether
-  they are there; `datetime` (starlette's responses, for cookies' expiry dates);
-  `tempfile` (starlette's form parser, for uploaded files; `ctypes.util`).
+- `http.client`, which imports the `email` package (starlette's `HTTPException`, for
+  status phrases), and `email.utils` (starlette's responses, for dates in headers).
+- `shutil` (`ctypes.util`, `tempfile`), whose import loads zlib, bz2, lzma and their
+  libraries to see whether they are there, and `tempfile` (`ctypes.util`, starlette's
+  form parser, for uploaded files).
+- `datetime`, `http.cookies` and `mimetypes` (starlette's responses: cookies' expiry,
+  cookies, file responses), `html` and `html.entities` (starlette's debug error page),
+  `idna` (trio's resolution of non-ASCII host names).
 
 `install()`, called before trio is imported, puts lazy modules in their place: each is
 imported for real at the first use of one of its attributes (``import ssl`` costs
@@ -48,6 +48,7 @@ from _operator import _compare_digest
 from collections.abc import Callable
 from http import HTTPStatus
 from inspect import iscoroutinefunction
+from opcode import opmap
 from typing import Any
 
 LAZY = (
@@ -65,7 +66,7 @@ LAZY = (
     "datetime",
     "tempfile",
 )
-_IMPORT_NAME = 108  # opcode.opmap["IMPORT_NAME"] (checked by the tests)
+_IMPORT_NAME = opmap["IMPORT_NAME"]
 
 
 def install() -> None:

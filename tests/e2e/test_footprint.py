@@ -164,8 +164,6 @@ import sys, trio, supervisor.run, supervisor.api.app
 lazy = [m for m in supervisor.lazyimports.LAZY if type(sys.modules[m]).__name__ == "_Lazy"]
 assert lazy == list(supervisor.lazyimports.LAZY), lazy
 assert "_ssl" not in sys.modules and "_hashlib" not in sys.modules, sorted(sys.modules)
-import opcode
-assert opcode.opmap["IMPORT_NAME"] == supervisor.lazyimports._IMPORT_NAME
 
 # OpenSSL
 import hmac, secrets, hashlib, ssl, asyncio.sslproto
