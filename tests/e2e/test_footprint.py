@@ -103,10 +103,8 @@ NEVER_LOADED = [
     "zlib",
     "_bz2",
     "_lzma",
-    "datetime",
-    "_datetime",
     "tempfile",
-]
+]  # (not datetime: the in-process runner, which the reporter needs, uses its classes)
 OPENSSL = ("libssl", "libcrypto")
 
 REPORTER = """
