@@ -190,6 +190,14 @@ class _InstancesOnceLoaded(type):
             and isinstance(obj, getattr(module, cls.__name__))
         )
 
+    # Any other use (a later starlette calling ``datetime.now()`` or making one) gets
+    # the real class, datetime imported then: never an error, only the memory back.
+    def __getattr__(cls, name: str) -> Any:
+        return getattr(getattr(real(cls.module), cls.__name__), name)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return getattr(real(cls.module), cls.__name__)(*args, **kwargs)
+
 
 class _Datetime(metaclass=_InstancesOnceLoaded):
     module = "datetime"

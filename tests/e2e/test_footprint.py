@@ -231,7 +231,19 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("code", [LAZY_MODULES_WORK, LAZY_STDLIB_WORKS])
+LAZY_DATETIME_FORWARDS = """
+import supervisor.lazyimports
+import sys, supervisor.api.app
+import starlette.responses
+assert type(sys.modules["datetime"]).__name__ == "_Lazy"
+made = starlette.responses.datetime(2030, 1, 1)  # any other use: the real class
+assert (type(made).__module__, type(made).__name__) == ("datetime", "datetime")
+assert isinstance(starlette.responses.datetime.now(), starlette.responses.datetime)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("code", [LAZY_MODULES_WORK, LAZY_STDLIB_WORKS, LAZY_DATETIME_FORWARDS])
 def test_lazy_modules_load_when_used(code: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr
