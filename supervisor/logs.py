@@ -178,6 +178,10 @@ class _Writer:
         self._queued = 0  # characters in the queue
         self._dropped = 0  # agents' lines dropped (written by the loop's thread only)
         self._reported = 0  # of which the writer has told stdout about
+        # Text offered by the trio run's thread while it runs (`LoopFlush`): handed over
+        # once the loop waits, not when offered (see `LoopFlush`).
+        self._later: list[str] = []
+        self.loop_thread: int | None = None
         self._thread = threading.Thread(target=self._run, name="supervisor-log", daemon=True)
         self._thread.start()
 
@@ -188,8 +192,16 @@ class _Writer:
             if self._queued + size > (2 * QUEUE_CHARS if own else QUEUE_CHARS):
                 return False
             self._queued += size
-        self._queue.put(text)
+        if threading.get_ident() == self.loop_thread:
+            self._later.append(text)
+        else:
+            self._queue.put(text)
         return True
+
+    def hand_over(self) -> None:
+        """Queue what the loop's thread offered since it last waited."""
+        later, self._later = self._later, []
+        self._queue.put(later[0] if len(later) == 1 else "\n".join(later))
 
     def relay(self, agent_id: str, stream: str, lines: Sequence[str]) -> None:
         with self._lock:
@@ -232,6 +244,9 @@ class _Writer:
 
     def close(self) -> None:
         """Write what is queued, then end the thread."""
+        self.loop_thread = None
+        if self._later:
+            self.hand_over()
         self._queue.put(None)
         self._thread.join()
 
@@ -294,6 +309,29 @@ class _WriterHandler(logging.Handler):
                 self._writer.drop(agent, 1)
         elif not self._writer.offer(text, own=True):
             own_dropped += 1
+
+
+class LoopFlush(trio.abc.Instrument):
+    """Hands the text logged from a trio run's thread to the writer when the loop next
+    waits for I/O, not as each line is logged: the writer thread, woken, would take the
+    GIL in the middle of the step (a restart's, between the exit and the spawn: ~0.1-0.3
+    ms, docs/performance.md), and a step that logs many lines wakes it once."""
+
+    def before_run(self) -> None:
+        if _writer is not None:
+            _writer.loop_thread = threading.get_ident()
+
+    def before_io_wait(self, timeout: float) -> None:
+        writer = _writer
+        if writer is not None and writer._later:
+            writer.hand_over()
+
+    def after_run(self) -> None:
+        writer = _writer
+        if writer is not None:
+            writer.loop_thread = None
+            if writer._later:
+                writer.hand_over()
 
 
 def _stamp(created: float) -> str:

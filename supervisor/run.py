@@ -86,7 +86,14 @@ def run_main(
             log.error("the API could not start: stopped")
             return EXIT_INVALID
         try:
-            return trio.run(_main, m, bound, _watch_baseline(m) if watch else None, join)
+            return trio.run(
+                _main,
+                m,
+                bound,
+                _watch_baseline(m) if watch else None,
+                join,
+                instruments=[logs.LoopFlush()],
+            )
         finally:
             if bound is not None:
                 bound.close()  # (when it was never served)

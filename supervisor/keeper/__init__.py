@@ -4,7 +4,8 @@ A supervisor killed with SIGKILL runs no cleanup, and its agents, each in a proc
 of its own, would live on as orphans. So the supervisor starts one tiny keeper process
 (its own session, deaf to SIGTERM, SIGINT and SIGHUP) and keeps the write end of a pipe
 whose read end is the keeper's stdin. The supervisor writes ``+PGID`` when a group is
-born and ``-PGID`` once it is gone. When the pipe reaches end of file, which the kernel
+born and ``-PGID`` once it is gone (sent with the next line: see `Keeper.unregister`).
+When the pipe reaches end of file, which the kernel
 guarantees however the supervisor dies, the keeper SIGKILLs every group still
 registered and exits. ``q`` asks it to exit without killing anything (a graceful
 shutdown has already stopped every group).
@@ -116,9 +117,15 @@ class Keeper:
         self._send(b"+%d %d\n" % (pgid, _ticks_now()))
 
     def unregister(self, pgid: int) -> None:
-        """The group `pgid` is gone; forget it (its number may be reused)."""
-        if not self._quiet:
-            self._send(b"-%d\n" % pgid)
+        """The group `pgid` is gone (its leader reaped); forget it.
+
+        The line waits for the next one written (a registration, or ``q``): a write
+        wakes the keeper, and the one after a crash would come between the exit and the
+        respawn (~0.1 ms, docs/performance.md); the next spawn's ``+PGID`` carries it.
+        Safe, for the reason `quiet` is: a number registered is killed only while its
+        leader is provably the process registered, which a reaped leader never is."""
+        if not self._quiet and self._pipe is not None:
+            self._pending += b"-%d\n" % pgid
 
     def quiet(self) -> None:
         """A graceful shutdown has begun, and `quit` follows: stop sending unregistrations

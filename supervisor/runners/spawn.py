@@ -7,7 +7,9 @@ pipe), closes every descriptor in the child one by one (a supervisor of 500 agen
 1 ms in a busy supervisor, and a restart's largest share (docs/performance.md). glibc's
 ``posix_spawn`` is a vfork and an exec with nothing in between but the file actions; the
 descriptors are closed by the exec itself (all of ours are close-on-exec, see
-`_close_on_exec`), and the program's path is found once per command and ``PATH``.
+`_close_on_exec`), and the program's path is found once per command and ``PATH``. A spawn
+alone (a restart) is made from the spawner thread, whose descriptor table holds three
+(`supervisor.runners.spawner`): the exec then has none of ours to close.
 
 It does what `supervisor.runners.launch.Child.spawn` asks of Popen: stdin /dev/null,
 stdout and stderr to the pipes, a new process group, SIGPIPE and SIGXFSZ back to their
@@ -23,6 +25,8 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Mapping
+
+from supervisor.runners import spawner
 
 # What Popen's restore_signals resets in the child: Python ignores SIGPIPE and SIGXFSZ
 # (inherited across an exec as ignored), an agent expects their default.
@@ -48,18 +52,7 @@ def spawn(
     if not _swept:
         _close_on_exec()
     try:
-        pid = os.posix_spawn(
-            path,
-            command,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
-                (os.POSIX_SPAWN_DUP2, stdout, 1),
-                (os.POSIX_SPAWN_DUP2, stderr, 2),
-            ],
-            setpgroup=0,
-            setsigdef=_DEFAULTS,
-        )
+        pid = spawner.spawn(path, command, env, stdout, stderr, _posix_spawn)
     except OSError:  # gone, or never runnable: Popen looks again, and says why
         _found.pop(key, None)
         return None
@@ -109,3 +102,32 @@ def _close_on_exec() -> None:
             except OSError:  # the listing's own descriptor, closed by now
                 pass
     _swept = True
+
+
+def _posix_spawn(
+    path: str,
+    command: list[str],
+    env: Mapping[bytes, bytes],
+    stdout: int,
+    stderr: int,
+    mask: spawner.SignalSet | None,
+) -> int:
+    """The spawn itself; `mask`: the child's signal mask, if not the caller's."""
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+        (os.POSIX_SPAWN_DUP2, stdout, 1),
+        (os.POSIX_SPAWN_DUP2, stderr, 2),
+    ]
+    if mask is None:
+        return os.posix_spawn(
+            path, command, env, file_actions=actions, setpgroup=0, setsigdef=_DEFAULTS
+        )
+    return os.posix_spawn(
+        path,
+        command,
+        env,
+        file_actions=actions,
+        setpgroup=0,
+        setsigdef=_DEFAULTS,
+        setsigmask=mask,
+    )

@@ -22,7 +22,8 @@ from ..harness import alive, group_members, wait_until
 ROOT = Path(__file__).parents[2]
 
 # A supervisor stand-in: starts a keeper and two groups, registers both, unregisters
-# the second, prints "KEEPER GUARDED UNGUARDED" and waits to be killed.
+# the second (the line goes with the next registration: a third group's), prints
+# "KEEPER GUARDED UNGUARDED" and waits to be killed.
 STAND_IN = """\
 import subprocess, sys, time
 from supervisor.keeper import Keeper
@@ -32,7 +33,9 @@ unguarded = subprocess.Popen(["sleep", "1000"], process_group=0)
 keeper.register(guarded.pid)
 keeper.register(unguarded.pid)
 keeper.unregister(unguarded.pid)
-print(keeper.pid, guarded.pid, unguarded.pid, flush=True)
+third = subprocess.Popen(["sleep", "1000"], process_group=0)
+keeper.register(third.pid)
+print(keeper.pid, guarded.pid, unguarded.pid, third.pid, flush=True)
 time.sleep(1000)
 """
 
@@ -70,17 +73,17 @@ def test_groups_die_when_the_supervisor_is_sigkilled(shell: bool) -> None:
         text=True,
     )
     assert stand_in.stdout is not None
-    keeper_pid, guarded, unguarded = map(int, stand_in.stdout.readline().split())
+    keeper_pid, guarded, unguarded, third = map(int, stand_in.stdout.readline().split())
     try:
         wait_until(lambda: len(group_members(guarded)) == 3)  # sh and its two sleeps
         stand_in.kill()
         stand_in.wait()
-        wait_until(lambda: group_members(guarded) == [])
+        wait_until(lambda: group_members(guarded) == [] and group_members(third) == [])
         wait_until(lambda: not alive(keeper_pid))
         assert alive(unguarded)  # unregistered: not the keeper's to kill
     finally:
         stand_in.stdout.close()
-        for pgid in (guarded, unguarded):
+        for pgid in (guarded, unguarded, third):
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
@@ -115,7 +118,8 @@ def test_writes_never_block_even_when_the_keeper_stalls(keeper: Keeper) -> None:
     os.kill(keeper.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        for pgid in range(100_000, 130_000):  # far more than a pipe holds
+        for pgid in range(100_000, 115_000):  # far more than a pipe holds
+            keeper.register(pgid)  # (each write carries the last unregistration)
             keeper.unregister(pgid)
         assert time.monotonic() - started < 1.0
     finally:
@@ -266,3 +270,27 @@ def test_the_shell_keeper_is_a_fraction_of_a_python_one() -> None:
             wait_until(lambda k=keeper: signal.SIGTERM in ignored_signals(k.pid))
         assert Path(f"/proc/{small.pid}/exe").resolve().name in ("dash", "sh", "bash", "busybox")
         assert rss_kib(small.pid) * 3 < rss_kib(big.pid)
+
+
+def test_an_unregistration_goes_with_the_next_line() -> None:
+    """`unregister` writes nothing (a write wakes the keeper, and the one after a crash
+    would come right before the respawn): the next registration, or "q", carries it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    keeper = Keeper(subprocess.Popen(["true"]), write_end, "mark")
+    try:
+        keeper.register(111)
+        assert os.read(read_end, 4096).split()[0] == b"+111"
+        keeper.unregister(111)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 4096)  # nothing was written
+        keeper.register(222)
+        assert [line.split()[0] for line in os.read(read_end, 4096).splitlines()] == [
+            b"-111",
+            b"+222",
+        ]
+        keeper.unregister(222)
+        keeper.close()
+        assert os.read(read_end, 4096).split() == [b"-222", b"q"]
+    finally:
+        os.close(read_end)

@@ -58,3 +58,33 @@ async def test_control_characters_of_agents_are_escaped_in_text_logs() -> None:
         out.close()
     text = _read_all(read_fd).decode()
     assert "a | \\x1b[2Jgone\\rforged\n" in text
+
+
+def test_the_loop_hands_its_lines_to_the_writer_when_it_waits() -> None:
+    """A line logged in a step of the trio run reaches stdout once the loop waits, not
+    while the step goes on: the writer thread, woken, would take the GIL in the middle
+    of it (a restart's, between the exit and the spawn)."""
+    import select
+
+    import trio
+
+    read_fd, write_fd = os.pipe()
+    out = os.fdopen(write_fd, "w")
+    poller = select.poll()
+    poller.register(read_fd, select.POLLIN)
+
+    async def main() -> None:
+        logs.log.warning("in the step")
+        # Still in the step: the writer, had it been handed the line, would have written
+        # it well within this time (it does nothing else).
+        assert poller.poll(300) == []
+        await trio.lowlevel.checkpoint()  # the loop goes round: the line is handed over
+        assert poller.poll(10_000) != []
+
+    logs.setup("text", stream=out)
+    try:
+        trio.run(main, instruments=[logs.LoopFlush()])
+    finally:
+        logs.shutdown()
+        out.close()
+    assert "supervisor | WARNING in the step\n" in _read_all(read_fd).decode()
