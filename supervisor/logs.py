@@ -178,30 +178,43 @@ class _Writer:
         self._queued = 0  # characters in the queue
         self._dropped = 0  # agents' lines dropped (written by the loop's thread only)
         self._reported = 0  # of which the writer has told stdout about
-        # Text offered by the trio run's thread while it runs (`LoopFlush`): handed over
-        # once the loop waits, not when offered (see `LoopFlush`).
-        self._later: list[str] = []
+        # What the trio run's thread offered while it runs, and its records, not yet
+        # formatted: handed over once the loop waits (`LoopFlush`).
+        self._later: list[str | tuple[logging.LogRecord, _WriterHandler]] = []
         self.loop_thread: int | None = None
         self._thread = threading.Thread(target=self._run, name="supervisor-log", daemon=True)
         self._thread.start()
 
     def offer(self, text: str, *, own: bool) -> bool:
         """Queue `text` (one or more lines, no final newline) if it fits; else False."""
-        size = len(text) + 1
-        with self._lock:
-            if self._queued + size > (2 * QUEUE_CHARS if own else QUEUE_CHARS):
-                return False
-            self._queued += size
+        if not self.fits(text, own=own):
+            return False
         if threading.get_ident() == self.loop_thread:
             self._later.append(text)
         else:
             self._queue.put(text)
         return True
 
+    def fits(self, text: str, *, own: bool) -> bool:
+        """Count `text` in if the queue has room for it (agents' output has half)."""
+        with self._lock:
+            if self._queued + len(text) + 1 > (2 * QUEUE_CHARS if own else QUEUE_CHARS):
+                return False
+            self._queued += len(text) + 1
+        return True
+
     def hand_over(self) -> None:
-        """Queue what the loop's thread offered since it last waited."""
+        """Queue what the loop's thread offered since it last waited, its records
+        formatted now (those that do not fit are counted as dropped)."""
         later, self._later = self._later, []
-        self._queue.put(later[0] if len(later) == 1 else "\n".join(later))
+        texts = []
+        for item in later:
+            if isinstance(item, str):
+                texts.append(item)
+            elif (text := item[1].render(item[0])) is not None:
+                texts.append(text)
+        if texts:
+            self._queue.put(texts[0] if len(texts) == 1 else "\n".join(texts))
 
     def relay(self, agent_id: str, stream: str, lines: Sequence[str]) -> None:
         with self._lock:
@@ -297,41 +310,57 @@ class _WriterHandler(logging.Handler):
         self._writer = writer
 
     def emit(self, record: logging.LogRecord) -> None:
+        writer = self._writer
+        if threading.get_ident() != writer.loop_thread:
+            if (text := self.render(record)) is not None:
+                writer._queue.put(text)
+            return
+        # From the loop's thread: formatted once the loop waits (`LoopFlush`), its
+        # message made now (the arguments may change by then).
+        try:
+            record.msg, record.args = record.getMessage(), None
+        except Exception:
+            self.handleError(record)
+            return
+        writer._later.append((record, self))
+
+    def render(self, record: logging.LogRecord) -> str | None:
+        """`record` formatted, if it fits in the queue (else it is counted dropped)."""
         global own_dropped
         try:
             text = self.format(record)
         except Exception:
             self.handleError(record)
-            return
+            return None
         agent = getattr(record, "agent", None)
         if record.name == _output.name and agent is not None:
-            if not self._writer.offer(text, own=False):
+            if not self._writer.fits(text, own=False):
                 self._writer.drop(agent, 1)
-        elif not self._writer.offer(text, own=True):
+                return None
+        elif not self._writer.fits(text, own=True):
             own_dropped += 1
+            return None
+        return text
 
 
 class LoopFlush(trio.abc.Instrument):
-    """Hands the text logged from a trio run's thread to the writer when the loop next
-    waits for I/O, not as each line is logged: the writer thread, woken, would take the
-    GIL in the middle of the step (a restart's, between the exit and the spawn: ~0.1-0.3
-    ms, docs/performance.md), and a step that logs many lines wakes it once."""
+    """What a trio run's thread logs is formatted and handed to the writer when the loop
+    next waits for I/O, not as it is logged: the formatting, and the writer thread woken
+    to take the GIL, would be in the middle of the step (a restart's, between the exit
+    and the spawn: ~0.2 ms, docs/performance.md); a step that logs much wakes it once."""
 
     def before_run(self) -> None:
         if _writer is not None:
             _writer.loop_thread = threading.get_ident()
 
     def before_io_wait(self, timeout: float) -> None:
-        writer = _writer
-        if writer is not None and writer._later:
-            writer.hand_over()
+        if _writer is not None and _writer._later:
+            _writer.hand_over()
 
     def after_run(self) -> None:
-        writer = _writer
-        if writer is not None:
-            writer.loop_thread = None
-            if writer._later:
-                writer.hand_over()
+        if _writer is not None:
+            _writer.loop_thread = None
+            self.before_io_wait(0)
 
 
 def _stamp(created: float) -> str:
@@ -350,6 +379,9 @@ def setup(fmt: LogFormat = "text", level: str = "INFO", stream: TextIO | None = 
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     log.handlers[:] = [handler]
     log.setLevel(level.upper())
+    # Our formats show no caller's file, line, thread or process: records need not find them
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # Agents' output is theirs, not a supervisor event: --log-level does not hide it.
     _output.setLevel(logging.INFO)
     log.propagate = False

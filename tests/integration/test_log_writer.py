@@ -74,7 +74,9 @@ def test_the_loop_hands_its_lines_to_the_writer_when_it_waits() -> None:
     poller.register(read_fd, select.POLLIN)
 
     async def main() -> None:
-        logs.log.warning("in the step")
+        said = ["as it was"]
+        logs.log.warning("in the step: %s", said)
+        said.append("changed after")  # the line says what was logged, not this
         # Still in the step: the writer, had it been handed the line, would have written
         # it well within this time (it does nothing else).
         assert poller.poll(300) == []
@@ -87,4 +89,4 @@ def test_the_loop_hands_its_lines_to_the_writer_when_it_waits() -> None:
     finally:
         logs.shutdown()
         out.close()
-    assert "supervisor | WARNING in the step\n" in _read_all(read_fd).decode()
+    assert "supervisor | WARNING in the step: ['as it was']\n" in _read_all(read_fd).decode()
