@@ -26,8 +26,9 @@ from supervisor.api.serve import BoundApi, bind_api, serve_bound
 from supervisor.keeper import Keeper
 from supervisor.logs import log
 from supervisor.owner import Supervisor
-from supervisor.runners.containment import LEADERS, Containment, kill_strays
+from supervisor.runners.containment import LEADERS, Containment
 from supervisor.runners.dispatch import make_runner
+from supervisor.runners.orphans import kill_strays
 from supervisor.signals import handle_signals, is_pid1
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ async def _main(
     finally:
         # Orphans no agent's run could claim (they left its group and cleared their
         # environment): nothing of ours outlives us.
-        kill_strays(set() if keeper is None else {keeper.pid})
+        kill_strays(set() if keeper is None else {keeper.pid}, LEADERS)
         if keeper is not None:
             keeper.quit()  # it reads its last lines while the cgroups are removed
         containment.close()

@@ -134,14 +134,13 @@ class Containment:
 class AgentProcesses:
     """One run's processes: found, signalled, killed, waited for and reaped.
 
-    Use: `open_run`, spawn with `environment()` added, `adopt(pid)` at once (no
-    checkpoint in between), `signal`/`kill`/`wait_gone` while the leader is still
-    unreaped (its pid, and so its group's number, cannot be reused meanwhile), `settle`
-    just before the leader is reaped, `close` once it is. Sync methods never block (but
-    `settle`, for a move under way); they read /proc.
+    Use: `open_run`, spawn with `environment()` added, `adopt(pid)` at once (no checkpoint
+    in between), `signal`/`kill`/`wait_gone` while the leader is unreaped (its pid, and so
+    its group's number, cannot be reused meanwhile), `settle` just before it is reaped,
+    `close` once it is. Sync methods never block (but `settle`, for a move under way).
     """
 
-    _seen_empty = False  # `wait_gone` saw nothing left (since its leader exited)
+    _seen_empty = False  # `wait_gone` or `kill` saw nothing left (since the leader exited)
 
     def __init__(
         self, agent_id: str, mark: str, cgroup: str | None, mover: Mover | None = None
@@ -234,6 +233,10 @@ class AgentProcesses:
     def kill(self) -> bool:
         """SIGKILL every process of the run but the leader; whether there were any."""
         self._sent = _KILL
+        empty = self.whole and not self._signalled and self.cgroup is not None
+        if empty and not procfs.cgroup_populated(self.cgroup or ""):  # a crash: nothing left
+            self._seen_empty = True  # (one read here, and none in `close`)
+            return False
         for fd in self._signalled.values():
             procfs.send(fd, signal.SIGKILL)
         killed = set(self._signalled)
@@ -381,19 +384,3 @@ def kill_every_run() -> None:
     """SIGKILL the processes of every live run (a second SIGTERM, shutdown_timeout)."""
     for run in list(_RUNS):
         run.kill()
-
-
-def kill_strays(keep: set[int]) -> int:
-    """SIGKILL our remaining children but `keep` (the keeper) and agent leaders: orphans
-    of agents that no run could claim. For the very end of a graceful shutdown (their
-    zombies go to init when we exit). Returns how many."""
-    count = 0
-    for pid in procfs.children(os.getpid()):
-        if pid in keep or pid in LEADERS:
-            continue
-        found: dict[int, int] = {}
-        if procfs.open_pidfd(found, pid, parent=os.getpid()):
-            procfs.send(found[pid], signal.SIGKILL)
-            count += 1
-            os.close(found[pid])
-    return count

@@ -11,6 +11,7 @@ read of a list as long as the number of agents, so a stop wave of N agents share
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Container
 
@@ -107,3 +108,19 @@ async def shared_orphans(leaders: Container[int]) -> Orphans:
         pending.orphans = scan_orphans(leaders)
         pending.done.set()
     return pending.orphans
+
+
+def kill_strays(keep: Container[int], leaders: Container[int]) -> int:
+    """SIGKILL our remaining children but `keep` (the keeper) and agent leaders: orphans
+    of agents that no run could claim. For the very end of a graceful shutdown (their
+    zombies go to init when we exit). Returns how many."""
+    count = 0
+    for pid in procfs.children(os.getpid()):
+        if pid in keep or pid in leaders:
+            continue
+        found: dict[int, int] = {}
+        if procfs.open_pidfd(found, pid, parent=os.getpid()):
+            procfs.send(found[pid], signal.SIGKILL)
+            count += 1
+            os.close(found[pid])
+    return count
