@@ -7,6 +7,7 @@ import signal
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from supervisor import signals
@@ -79,9 +80,17 @@ def _zombie(pid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].startswith("Z")
 
 
-def test_reap_orphans_reaps_zombies_that_are_not_agents_and_keeps_their_status() -> None:
+@pytest.mark.parametrize("agent_first", [False, True], ids=["orphan-first", "agent-first"])
+def test_reap_orphans_reaps_zombies_that_are_not_agents_and_keeps_their_status(
+    agent_first: bool,
+) -> None:
+    # The kernel names the older zombie first: an agent's, not to be taken, is looked
+    # past (in /proc).
+    if agent_first:
+        agent = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ)
     orphan = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 7"], os.environ)
-    agent = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ)
+    if not agent_first:
+        agent = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ)
     try:
         wait_until(lambda: _zombie(orphan) and _zombie(agent), what="both exited")
         assert signals.reap_orphans({agent}) >= 1  # others of ours may be reaped too
