@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import trio
 
@@ -29,7 +30,7 @@ from supervisor.logs import log
 from supervisor.manifest import AgentSpec, ReadyProbe, Source
 from supervisor.output import LineListener, RecentOutput
 from supervisor.runners import Runner
-from supervisor.slotstate import ACTIVE, AgentSays, SlotStatistics, State, log_change
+from supervisor.slotstate import ACTIVE, AgentSays, SlotStatistics, State
 
 HISTORY = 10  # exits kept per slot
 
@@ -63,6 +64,7 @@ class Slot(AgentSays):
     active = False  # whether the life task is running (from `launch` until it has returned)
     _stop_requested = False  # `stop` was called during this life
     _launches = 0  # lives begun: `wait_stopped` waits for the end of its own
+    _restart: Callable[[], None] | None = None  # an immediate restart's bookkeeping, due
 
     def __init__(
         self,
@@ -195,6 +197,7 @@ class Slot(AgentSays):
         return self.refused
 
     def launched(self, pid: int | None) -> None:
+        self._restarted()  # (an immediate restart's states, now its spawn is made)
         self.pid = pid
         if pid is not None:
             self._publish()
@@ -286,9 +289,8 @@ class Slot(AgentSays):
                     return
             policy = None  # made at the first end: most agents never end
             while self.may_spawn() is None:
-                if self.state != "starting" or self.reason:  # (as `launch` left it: no news)
-                    self._set("starting", "")
-                self._attempt_begins()
+                if self._restart is None:
+                    self._begin()
                 got: Outcome | None = None
                 try:  # the start timer is the deadline of the scope, lifted by `ready()`
                     with self._cancellable(self.spec.start_timeout) as self._timer:
@@ -300,6 +302,7 @@ class Slot(AgentSays):
                                     self._runner, self.spec, self, health, self._nursery
                                 )
                         finally:
+                            self._restarted()  # (if the runner spawned nothing)
                             self._timer = None
                             self._stop_callback = None
                 except trio.Cancelled:  # from outside (its nursery): keep how it ended
@@ -314,20 +317,24 @@ class Slot(AgentSays):
                 now = trio.current_time()
                 ran_for = 0.0 if self.started_at is None else now - self.started_at
                 outcome = self._ended(got)
-                self._record(outcome)
                 policy = policy or RestartPolicy(self.spec)
                 decision = policy.decide(outcome, ran_for=ran_for, now=now)
                 if not isinstance(decision, Restart):
+                    self._record(outcome)
                     self._set("failed" if decision.failed else "exited", decision.reason)
                     return
-                self.restarts += 1
-                self._set("backoff", f"{describe(outcome)}; restart in {decision.delay:.2f}s")
+                restart = partial(self._restarting, outcome, decision.delay)
                 # A process that ran has yielded: with no delay, respawn before the tasks
-                # its exit woke (docs/performance.md, crash -> running).
+                # its exit woke, and before its bookkeeping (the spawn's `launched` does
+                # it, in the same step: docs/performance.md, crash -> running).
                 if decision.delay or outcome.start_failed or self.spec.kind != "process":
+                    restart()
                     with self._cancellable(decision.delay):
                         await trio.sleep_forever()
+                else:
+                    self._restart = restart
                 if self._stop_requested:
+                    self._restarted()
                     return
             self._set("stopped", f"not started: {self.refused}")
         finally:
@@ -339,6 +346,23 @@ class Slot(AgentSays):
                     "stopped", "SIGKILL after stop_timeout" if killed else "stopped on request"
                 )
             self._notify()
+
+    def _begin(self) -> None:
+        if self.state != "starting" or self.reason:  # (as `launch` left it: no news)
+            self._set("starting", "")
+        self._attempt_begins()
+
+    def _restarting(self, outcome: Outcome, delay: float) -> None:
+        self._record(outcome)
+        self.restarts += 1
+        self._set("backoff", f"{describe(outcome)}; restart in {delay:.2f}s")
+
+    def _restarted(self) -> None:
+        """The bookkeeping of an immediate restart, if due: its exit, backoff, starting."""
+        if (restart := self._restart) is not None:
+            self._restart = None
+            restart()
+            self._begin()
 
     def _cancellable(self, timeout: float = math.inf) -> trio.CancelScope:
         """The scope of the life task's next wait, ending after `timeout` s: `stop`
@@ -373,25 +397,3 @@ class Slot(AgentSays):
     @staticmethod
     def describe_exit(rec: ExitRecord) -> str:
         return describe(Outcome(code=rec.code, signal=rec.signal, error=rec.error))
-
-    def _set(self, state: State, reason: str) -> None:
-        if state != self.state:
-            self.since = trio.current_time()
-        self.state = state
-        self.reason = reason
-        log_change(self.spec.id, state, reason)
-        self._publish()
-        self._notify()
-
-    def _publish(self) -> None:
-        if self._events is not None:
-            self._events.agent(
-                self.spec.id, self.state, self.reason, self.pid, self.restarts, self.since
-            )
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-        if self._on_change is not None:
-            self._on_change(self)

@@ -1,10 +1,12 @@
 """A slot's states, the snapshot of a slot that readers get (`Slot.statistics()`), and
-what an agent says of itself beyond ``READY=1`` (`AgentSays`, part of the slot's Hooks)."""
+its state changes with what an agent says of itself beyond ``READY=1`` (`AgentSays`, part
+of the slot's Hooks)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import trio
@@ -13,6 +15,9 @@ from supervisor.core.outcome import ExitRecord, Outcome
 from supervisor.health.monitor import HealthRecord
 from supervisor.logs import log
 from supervisor.manifest import AgentSpec, Source
+
+if TYPE_CHECKING:
+    from supervisor.events import EventBus
 
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "exited", "failed"]
 ACTIVE: frozenset[State] = frozenset({"starting", "running", "backoff", "stopping"})
@@ -57,9 +62,18 @@ class SlotStatistics:
 
 
 class AgentSays:
-    """The sd_notify hooks of a `Slot` (docs/agents.md, "sd_notify"), on the slot's state."""
+    """A `Slot`'s state changes (`_set`: logged, published, notified), and its sd_notify
+    hooks (docs/agents.md, "sd_notify"), which change it."""
 
+    spec: AgentSpec
     state: State
+    reason: str
+    since: float
+    pid: int | None
+    restarts: int
+    _events: EventBus | None
+    _changed: trio.Event | None
+    _on_change: Callable[[Any], None] | None  # (the slot)
     _timer: trio.CancelScope | None  # the start timer, while a run is under way
     _is_ready: bool
     started_at: float | None  # when it last became running
@@ -67,7 +81,26 @@ class AgentSays:
     _stop_outcome: Outcome | None = None  # how a run ended by a stop ended (`stopped()`)
 
     def _set(self, state: State, reason: str) -> None:
-        raise NotImplementedError
+        if state != self.state:
+            self.since = trio.current_time()
+        self.state = state
+        self.reason = reason
+        log_change(self.spec.id, state, reason)
+        self._publish()
+        self._notify()
+
+    def _publish(self) -> None:
+        if self._events is not None:
+            self._events.agent(
+                self.spec.id, self.state, self.reason, self.pid, self.restarts, self.since
+            )
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        if self._on_change is not None:
+            self._on_change(self)
 
     def _attempt_begins(self) -> None:
         """What the agent said in its last attempt is forgotten."""
