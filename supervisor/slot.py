@@ -324,9 +324,8 @@ class Slot(AgentSays):
                     self._set("failed" if decision.failed else "exited", decision.reason)
                     return
                 restart = partial(self._restarting, outcome, decision.delay)
-                # A process that ran has yielded: with no delay, respawn before the tasks
-                # its exit woke, and before its bookkeeping (the spawn's `launched` does
-                # it, in the same step: docs/performance.md, crash -> running).
+                # No delay: respawn before the tasks its exit woke and before its bookkeeping
+                # (`launched` does it, in this step: docs/performance.md, crash -> running).
                 if decision.delay or outcome.start_failed or self.spec.kind != "process":
                     restart()
                     with self._cancellable(decision.delay):
@@ -334,10 +333,11 @@ class Slot(AgentSays):
                 else:
                     self._restart = restart
                 if self._stop_requested:
-                    self._restarted()
                     return
+            self._restarted(begin=False)  # (refused: its exit, then why not)
             self._set("stopped", f"not started: {self.refused}")
         finally:
+            self._restarted(begin=False)
             self.pid = None
             self.active = False
             if self.state in ACTIVE:
@@ -357,12 +357,13 @@ class Slot(AgentSays):
         self.restarts += 1
         self._set("backoff", f"{describe(outcome)}; restart in {delay:.2f}s")
 
-    def _restarted(self) -> None:
+    def _restarted(self, *, begin: bool = True) -> None:
         """The bookkeeping of an immediate restart, if due: its exit, backoff, starting."""
         if (restart := self._restart) is not None:
             self._restart = None
             restart()
-            self._begin()
+            if begin:
+                self._begin()
 
     def _cancellable(self, timeout: float = math.inf) -> trio.CancelScope:
         """The scope of the life task's next wait, ending after `timeout` s: `stop`

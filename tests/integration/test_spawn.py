@@ -237,3 +237,48 @@ async def test_a_supervisor_whose_cwd_was_removed_still_spawns(
     with trio.fail_after(5):
         assert await run_process(agent(here, "pwd"), hooks) == Outcome(code=0)
     assert printed(hooks) == [str(here)]
+
+
+async def test_an_immediate_restart_keeps_its_bookkeeping_in_order(here: Path) -> None:
+    """The exit recorded, the restart counted, backoff then starting then the new pid,
+    for each restart (done at the new spawn, in the same step); and when the next start
+    is refused, the exit is still recorded and the slot says why it stopped."""
+    spec = attrs.evolve(
+        agent(here, "sh", "-c", "exit 3"),
+        restart="always",
+        backoff=Backoff(initial=0.0, jitter=0.0),
+        max_restarts=10,
+    )
+    starts = 0
+
+    def may_start(agent_id: str) -> str | None:
+        nonlocal starts
+        starts += 1
+        return "fenced" if starts > 6 else None  # (two checks per start: 3 starts)
+
+    seen: list[tuple[str, str, bool, int, int]] = []
+
+    def changed(slot: Slot) -> None:
+        seen.append((slot.state, slot.reason, slot.pid is not None, slot.restarts, len(slot.exits)))
+
+    slot = Slot(spec, make_runner(), on_change=changed, may_start=may_start)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            slot.launch(nursery)
+            await slot.wait_stopped()
+    assert slot.state == "stopped"
+    assert slot.reason == "not started: fenced"
+    assert [rec.code for rec in slot.exits] == [3, 3, 3]
+    assert slot.restarts == 3
+    states = [(state, pid, restarts, exits) for state, _, pid, restarts, exits in seen]
+    backoff = "exited with code 3; restart in 0.00s"
+    assert [s for s in seen if s[0] == "backoff"] == [
+        ("backoff", backoff, False, n, n) for n in (1, 2, 3)
+    ]
+    # Each restart: backoff, starting, launched (the pid), in that order.
+    for n in (1, 2):
+        i = states.index(("backoff", False, n, n))
+        assert states[i + 1] == ("starting", False, n, n)
+        assert states[i + 2] == ("starting", True, n, n)
+    # The refused one: its exit recorded, then stopped, without a start.
+    assert states[-3:-1] == [("backoff", False, 3, 3), ("stopped", False, 3, 3)]
