@@ -2,7 +2,8 @@
 
 Everything goes through the ``supervisor`` logger. `setup()` (called by `supervisor run`)
 hands formatted lines to a queue that one writer thread drains to stdout, so a slow reader
-of our stdout never blocks the trio loop: logging costs the loop a queue put. The queue is
+of our stdout never blocks the trio loop (`LoopFlush`: the loop's records are formatted and
+queued when it waits, so logging costs a step a list append). The queue is
 bounded (`QUEUE_CHARS`): when stdout cannot keep up, agents' output lines are dropped and
 counted per agent (`dropped`, in /metrics, and a warning once stdout has room again); the
 supervisor's own records have as much room again before they are dropped too (counted in
@@ -41,6 +42,7 @@ _agents = logging.getLogger("supervisor.agent")
 QUEUE_CHARS = 1 << 20
 # Lines relayed between checkpoints when records go through `logging` (no `setup()`).
 LINES_PER_STEP = 256
+LATER_MAX = 1024  # records of the loop's thread held for `LoopFlush`, at most
 
 # Lines of agents' output not written to stdout because it was too slow, by agent id.
 dropped: Counter[str] = Counter()
@@ -178,8 +180,7 @@ class _Writer:
         self._queued = 0  # characters in the queue
         self._dropped = 0  # agents' lines dropped (written by the loop's thread only)
         self._reported = 0  # of which the writer has told stdout about
-        # What the trio run's thread offered while it runs, and its records, not yet
-        # formatted: handed over once the loop waits (`LoopFlush`).
+        # What the loop's thread offered, and its records unformatted: for `LoopFlush`.
         self._later: list[str | tuple[logging.LogRecord, _WriterHandler]] = []
         self.loop_thread: int | None = None
         self._thread = threading.Thread(target=self._run, name="supervisor-log", daemon=True)
@@ -204,8 +205,7 @@ class _Writer:
         return True
 
     def hand_over(self) -> None:
-        """Queue what the loop's thread offered since it last waited, its records
-        formatted now (those that do not fit are counted as dropped)."""
+        """Queue what the loop's thread offered since it last waited (records formatted)."""
         later, self._later = self._later, []
         texts = []
         for item in later:
@@ -315,13 +315,15 @@ class _WriterHandler(logging.Handler):
             if (text := self.render(record)) is not None:
                 writer._queue.put(text)
             return
-        # From the loop's thread: formatted once the loop waits (`LoopFlush`), its
-        # message made now (the arguments may change by then).
+        # From the loop's thread: formatted once the loop waits (`LoopFlush`), the message
+        # made now (its arguments may change); past LATER_MAX, handed over as they come.
         try:
             record.msg, record.args = record.getMessage(), None
         except Exception:
             self.handleError(record)
             return
+        if len(writer._later) >= LATER_MAX:
+            writer.hand_over()
         writer._later.append((record, self))
 
     def render(self, record: logging.LogRecord) -> str | None:

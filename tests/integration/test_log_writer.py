@@ -90,3 +90,34 @@ def test_the_loop_hands_its_lines_to_the_writer_when_it_waits() -> None:
         logs.shutdown()
         out.close()
     assert "supervisor | WARNING in the step: ['as it was']\n" in _read_all(read_fd).decode()
+
+
+def test_a_step_that_logs_without_end_holds_a_bounded_number_of_records() -> None:
+    """An in-process agent that logs in a loop and never yields: its records are handed
+    to the (bounded) queue as they come past LATER_MAX, not held until the step ends."""
+    import trio
+
+    read_fd, write_fd = os.pipe()
+    out = os.fdopen(write_fd, "w")  # never read until the end: the queue fills, then drops
+    held: list[int] = []
+
+    async def main() -> None:
+        writer = logs._writer
+        assert writer is not None
+        for n in range(50_000):
+            logs.log.warning("line %d of a step that never ends", n)
+            if n % 1000 == 0:
+                held.append(len(writer._later))
+
+    logs.setup("text", stream=out)
+    dropped_before = logs.own_dropped
+    reader = threading.Thread(target=lambda: _read_all(read_fd))
+    try:
+        trio.run(main, instruments=[logs.LoopFlush()])
+    finally:
+        reader.start()
+        logs.shutdown()
+        out.close()
+        reader.join()
+    assert max(held) <= logs.LATER_MAX
+    assert logs.own_dropped > dropped_before  # the queue's bound held: the rest counted
