@@ -26,7 +26,7 @@ import supervisor.runners.notify
 from supervisor.logs import LINES_PER_STEP
 from supervisor.manifest import AgentSpec
 from supervisor.output import LINE_LIMIT
-from supervisor.runners import Outcome
+from supervisor.runners import Outcome, spawn
 from supervisor.runners.process import run_process
 
 from ..harness import group_members
@@ -307,12 +307,27 @@ async def test_a_chatty_child_does_not_hog_the_loop(
 # -- start failures ----------------------------------------------------------------------
 
 
+@pytest.fixture(params=["popen", "posix_spawn"])
+def either_spawn(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Both spawns give the same errors: an agent whose cwd is the supervisor's is tried
+    by posix_spawn first (`supervisor.runners.spawn`), any other by Popen alone."""
+    if request.param == "posix_spawn":
+        monkeypatch.chdir(tmp_path)
+    spawn._found.clear()
+    yield
+    spawn._found.clear()
+
+
+@pytest.mark.usefixtures("either_spawn")
 async def test_command_not_found(tmp_path: Path, hooks: Recorder) -> None:
     outcome = await run_process(spec(tmp_path, "pyhton", "-V"), hooks)
     assert outcome == Outcome(start_failed=True, error="command not found: 'pyhton'")
     assert hooks.pids == []
 
 
+@pytest.mark.usefixtures("either_spawn")
 async def test_not_executable(tmp_path: Path, hooks: Recorder) -> None:
     (tmp_path / "x.sh").write_text("#!/bin/sh\necho hi\n")
     outcome = await run_process(spec(tmp_path, "./x.sh"), hooks)
@@ -327,6 +342,7 @@ async def test_cwd_does_not_exist(tmp_path: Path, hooks: Recorder) -> None:
     assert outcome == Outcome(start_failed=True, error="cwd does not exist: '/nope'")
 
 
+@pytest.mark.usefixtures("either_spawn")
 async def test_missing_interpreter_is_explained(tmp_path: Path, hooks: Recorder) -> None:
     script = tmp_path / "x.sh"
     script.write_text("#!/no/such/shell\n")

@@ -3,8 +3,9 @@
 An agent whose `cwd` is the supervisor's and that has no `user` or `group` is spawned by
 posix_spawn: each test here runs in its own folder (`monkeypatch.chdir`), so that its
 agents are. It must behave as the Popen spawn does: output, exit, process group,
-signals, stdin, signal dispositions, descriptors, and the same errors for a program
-that cannot be run; an agent with another `cwd` is still spawned by Popen.
+signals, stdin, signal dispositions, descriptors (the same errors for a program that
+cannot be run: test_process_runner's start failures, on both spawns); an agent with
+another `cwd` is still spawned by Popen.
 """
 
 from __future__ import annotations
@@ -127,27 +128,6 @@ async def test_descriptors_we_were_given_do_not_reach_it(
         assert not os.get_inheritable(inherited)
     finally:
         os.close(inherited)
-
-
-async def test_a_missing_program_fails_as_with_popen(here: Path, hooks: Recorder) -> None:
-    outcome = await run_process(agent(here, "pyhton", "-V"), hooks)
-    assert outcome == Outcome(start_failed=True, error="command not found: 'pyhton'")
-    assert hooks.pids == []
-
-
-async def test_a_program_that_cannot_run_fails_as_with_popen(here: Path, hooks: Recorder) -> None:
-    (here / "plain.sh").write_text("#!/bin/sh\necho hi\n")
-    lost = here / "lost.sh"
-    lost.write_text("#!/no/such/shell\n")
-    lost.chmod(0o755)
-    outcomes = [await run_process(agent(here, name), hooks) for name in ("./plain.sh", "./lost.sh")]
-    assert outcomes == [
-        Outcome(start_failed=True, error="permission denied: './plain.sh' is not executable"),
-        Outcome(
-            start_failed=True, error="cannot run './lost.sh': its #! interpreter was not found"
-        ),
-    ]
-    assert hooks.pids == []
 
 
 async def test_a_program_found_once_and_gone_is_looked_for_again(
