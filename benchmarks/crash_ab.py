@@ -23,11 +23,8 @@ import time
 from pathlib import Path
 
 import peers
+import procfs
 import scenarios
-
-
-def main_thread_cpu_ns(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
 def main() -> int:
@@ -64,9 +61,9 @@ def main() -> int:
                 _, watch = scenarios.measure_start(peer, a.n, cfg)
                 time.sleep(a.idle)
                 sup = peer.roots()[0]
-                before = main_thread_cpu_ns(sup)
+                before = procfs.cpu_seconds(sup)
                 got = scenarios.measure_crashes(watch, a.n, a.crashes)
-                cpu[rev].append((main_thread_cpu_ns(sup) - before) / len(got) / 1e6)
+                cpu[rev].append((procfs.cpu_seconds(sup) - before) / len(got) * 1e3)
                 samples[rev].extend(got)
                 print(
                     f"{rev} round {i}: p50 {statistics.median(got) * 1e3:.2f} ms, "

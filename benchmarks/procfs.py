@@ -143,6 +143,11 @@ class AgentWatch:
         return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """Seconds the main thread of `pid` has run on a CPU so far (/proc/PID/schedstat)."""
+    return int((_read(f"/proc/{pid}/schedstat") or "0").split()[0]) / 1e9
+
+
 def rss_kib(pid: int) -> int:
     text = _read(f"/proc/{pid}/status") or ""
     for line in text.splitlines():

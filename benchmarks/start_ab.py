@@ -19,15 +19,10 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import peers
+import procfs
 import scenarios
-
-
-def supervisor_cpu(pid: int) -> float:
-    """Seconds `pid` has run on a CPU so far."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def main() -> int:
@@ -59,7 +54,7 @@ def main() -> int:
             peer.prepare(str(a.n), agents)
             try:
                 t, watch = scenarios.measure_start(peer, a.n, cfg)
-                cpu[rev].append(supervisor_cpu(peer.roots()[0]))
+                cpu[rev].append(procfs.cpu_seconds(peer.roots()[0]))
                 start[rev].append(t)
                 if watch.first is not None:
                     first[rev].append(watch.first)
