@@ -105,14 +105,11 @@ def reap_orphans(agent_pids: Container[int]) -> int:
     while (pid := _a_zombie()) is not None:
         if pid in agent_pids:  # its runner's: look past it, in /proc
             return reaped + _reap_listed(agent_pids)
-        try:
-            got, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            continue  # reaped by its owner meanwhile
-        if got != pid:  # (never: it was named as exited)
+        took = _reap(pid)
+        if took is False:  # (never: it was named as exited)
             return reaped + _reap_listed(agent_pids)
-        reaped += 1
-        _remember(pid, status)
+        if took:
+            reaped += 1
     return reaped
 
 
@@ -127,16 +124,20 @@ def _a_zombie() -> int | None:
 
 def _reap_listed(agent_pids: Container[int]) -> int:
     """`reap_orphans` by a listing of our zombies in /proc (agents skipped)."""
-    reaped = 0
-    for pid in _zombie_children(agent_pids):
-        try:
-            got, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            continue  # reaped by its owner meanwhile
-        if got == pid:
-            reaped += 1
-            _remember(pid, status)
-    return reaped
+    return sum(1 for pid in _zombie_children(agent_pids) if _reap(pid))
+
+
+def _reap(pid: int) -> bool | None:
+    """Reap our child `pid` if it has exited (its status kept): whether it was reaped;
+    None if it is no longer ours (reaped by its owner meanwhile)."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if got != pid:
+        return False
+    _remember(pid, status)
+    return True
 
 
 def _remember(pid: int, status: int) -> None:
