@@ -233,10 +233,6 @@ class AgentProcesses:
     def kill(self) -> bool:
         """SIGKILL every process of the run but the leader; whether there were any."""
         self._sent = _KILL
-        empty = self.whole and not self._signalled and self.cgroup is not None
-        if empty and not procfs.cgroup_populated(self.cgroup or ""):  # a crash: nothing left
-            self._seen_empty = True  # (one read here, and none in `close`)
-            return False
         for fd in self._signalled.values():
             procfs.send(fd, signal.SIGKILL)
         killed = set(self._signalled)
@@ -250,6 +246,8 @@ class AgentProcesses:
                 killed |= new
                 self._keep(found)
             if not new:
+                if not killed and self.whole:  # (a crash that left nothing: one read)
+                    self._seen_empty = True  # and none more in `close`
                 return bool(killed)
         return True
 
