@@ -116,7 +116,7 @@ class Containment:
     def open_run(self, agent_id: str) -> AgentProcesses:
         """A new run's processes: its mark, its cgroup if any (made with its move)."""
         n = next(_runs)
-        mark = f"{os.getpid()}-{_token}-{n}"
+        mark = f"{procfs.own_pid()}-{_token}-{n}"
         cgroup = None
         if self.cgroups is not None and self._mover is not None:
             # the agent's last one, empty; or a new one, made by the mover
@@ -193,7 +193,7 @@ class AgentProcesses:
             for line in procfs.read(f"/proc/{pid}/cgroup", 4096).splitlines()
         ):
             return True
-        me, child = os.getpid(), pid
+        me, child = procfs.own_pid(), pid
         for _ in range(64):  # up the ancestry: to the leader, or to a re-parented orphan
             if self._marked(child):
                 return True
@@ -301,7 +301,7 @@ class AgentProcesses:
             _close(fd)
         self._signalled.clear()
         if self._mover is not None and self.cgroup is not None:
-            self._mover.release(self.agent_id, self.cgroup, self._seen_empty)
+            self._mover.release(self.agent_id, self.cgroup, self._seen_empty, self._move)
         elif self.cgroup is not None:
             cgroups.remove(self.cgroup)
 
@@ -329,7 +329,8 @@ class AgentProcesses:
     def _members(self, found: dict[int, int], exited: bool = False) -> None:
         """`exited`: the leader has likely exited, so that an empty cgroup is told by one
         read (`cgroup.events`; if it is populated, the members are read too)."""
-        if self.cgroup is not None and (not exited or procfs.cgroup_populated(self.cgroup)):
+        events = None if self._move is None else self._move.events
+        if self.cgroup is not None and (not exited or procfs.cgroup_populated(self.cgroup, events)):
             # its members: every descendant, wherever it went
             for pid in procfs.cgroup_members(self.cgroup):
                 if pid != self.leader:
@@ -343,7 +344,7 @@ class AgentProcesses:
         for pid in orphans.zombies.pop(self.leader, ()):
             procfs.reap_pid(pid)
         # Checked again through a pidfd: the read may be a few milliseconds old.
-        me, roots = os.getpid(), []
+        me, roots = procfs.own_pid(), []
         for pid in orphans.by_group.get(self.leader, ()):
             if pid not in found and procfs.open_pidfd(found, pid, parent=me, group=self.leader):
                 roots.append(pid)

@@ -49,6 +49,9 @@ class Move:
         self.cgroup = cgroup
         self.state = "pending"  # -> moved -> complete; or failed
         self.settled = False  # the leader may be reaped: never write its pid again
+        # Its cgroup.events, open from the move to the run's end: the end reads it with
+        # one pread, not an open, a read and a close (docs/performance.md, crash -> running).
+        self.events: int | None = None
 
     @property
     def procs(self) -> str:
@@ -102,7 +105,7 @@ class Move:
         found: dict[int, int] = {}
         try:
             for pid in pids:
-                if procfs.open_pidfd(found, pid, parent=os.getpid()):
+                if procfs.open_pidfd(found, pid, parent=procfs.own_pid()):
                     try:
                         cgroups.write(self.procs, str(pid))
                     except ProcessLookupError:
@@ -123,7 +126,7 @@ class Mover:
 
     def __init__(self, leaders: Container[int]) -> None:
         self._leaders = leaders  # agent leaders: never orphans of a run
-        self._asked: list[Move | str] = []  # moves, and cgroups to remove
+        self._asked: list[Move | str | int] = []  # moves, cgroups to remove, fds to close
         self._wake: trio.Event | None = None  # set: the task has work
         self._root: trio.lowlevel.Task | None = None  # of the trio run the task is in
         self._free: dict[str, str] = {}  # by agent: its last cgroup, empty
@@ -132,17 +135,25 @@ class Mover:
         """The agent's last cgroup, if `release` kept it: no other run has it."""
         return self._free.pop(agent_id, None)
 
-    def release(self, agent_id: str, cgroup: str, empty: bool = False) -> None:
-        """The run of `cgroup` is over (settled): keep it for the agent's next run if it
-        is empty (`empty`: the run's stop just saw it so), else remove it (what is still
-        populated stays)."""
-        if agent_id not in self._free and (empty or not procfs.cgroup_populated(cgroup)):
+    def release(
+        self, agent_id: str, cgroup: str, empty: bool = False, move: Move | None = None
+    ) -> None:
+        """The run of `cgroup` (and `move`) is over (settled): keep it for the agent's
+        next run if it is empty (`empty`: the run's stop just saw it so), else remove it
+        (what is still populated stays). The move's ``cgroup.events`` is closed after
+        this step's spawns."""
+        events = None if move is None else move.events
+        if agent_id not in self._free and (empty or not procfs.cgroup_populated(cgroup, events)):
             self._free[agent_id] = cgroup
         else:
             self.ask(cgroup)
+        if move is not None and events is not None:
+            move.events = None
+            self.ask(events)
 
-    def ask(self, item: Move | str) -> None:
-        """Do the move `item`, or remove the cgroup `item`, soon (in a trio run)."""
+    def ask(self, item: Move | str | int) -> None:
+        """Do the move `item`, remove the cgroup `item` or close the descriptor `item`,
+        soon (in a trio run)."""
         self._asked.append(item)
         root = trio.lowlevel.current_root_task()
         if self._wake is None or self._root is not root:  # none yet in this trio run
@@ -172,7 +183,12 @@ class Mover:
         moves = [item for item in asked if isinstance(item, Move)]
         for move in moves:
             move._move_tree()
+            if move.state == "moved" and move.events is None:
+                move.events = _open_events(move.cgroup)
         self._complete([move for move in moves if move.state == "moved"])
+        for item in asked:
+            if isinstance(item, int):
+                os.close(item)
         for item in asked:
             if isinstance(item, str):
                 cgroups.remove(item)
@@ -196,7 +212,7 @@ class Mover:
         by_group = {move.leader: move for move in moves}
         by_mark = {move.mark: move for move in moves}
         orphans: dict[Move, list[int]] = {}
-        me = os.getpid()
+        me = procfs.own_pid()
         # Orphans are re-parented to our main thread: its file alone lists them.
         for pid in procfs.thread_children(me, me):
             if pid in self._leaders:
@@ -209,3 +225,25 @@ class Mover:
                 orphans.setdefault(move, []).append(pid)
         for move in moves:
             move._adopt_orphans(orphans.get(move, []))
+
+
+_open_limit = 0  # half our descriptor limit: events held below it only
+
+
+def _open_events(cgroup: str) -> int | None:
+    """`cgroup`'s ``cgroup.events``, opened; None if it cannot be, or if the descriptor
+    would be past half our limit (spawns need them more)."""
+    global _open_limit
+    if not _open_limit:
+        try:
+            _open_limit = max(os.sysconf("SC_OPEN_MAX") // 2, 64)
+        except (OSError, ValueError):
+            _open_limit = 512
+    try:
+        fd = os.open(cgroup + "/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if fd >= _open_limit:
+        os.close(fd)
+        return None
+    return fd

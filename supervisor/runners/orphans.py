@@ -37,7 +37,7 @@ class Orphans:
         self.zombies: dict[int, list[int]] = {}
         # Orphans are re-parented to our main thread (the kernel picks the reaper's first
         # live thread), so its file alone lists them: one read.
-        me = os.getpid()
+        me = procfs.own_pid()
         for pid in procfs.thread_children(me, me):
             if pid in leaders:
                 continue
@@ -115,11 +115,11 @@ def kill_strays(keep: Container[int], leaders: Container[int]) -> int:
     of agents that no run could claim. For the very end of a graceful shutdown (their
     zombies go to init when we exit). Returns how many."""
     count = 0
-    for pid in procfs.children(os.getpid()):
+    for pid in procfs.children(procfs.own_pid()):
         if pid in keep or pid in leaders:
             continue
         found: dict[int, int] = {}
-        if procfs.open_pidfd(found, pid, parent=os.getpid()):
+        if procfs.open_pidfd(found, pid, parent=procfs.own_pid()):
             procfs.send(found[pid], signal.SIGKILL)
             count += 1
             os.close(found[pid])

@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from supervisor.runners import procfs
+
 CLONE_FILES = 0x400
 LONE_AFTER = 0.005  # seconds since the last spawn ended: this one is alone
 LARGE_TABLE = 64  # a new pipe's descriptor number this high: the closes cost more
@@ -78,8 +80,8 @@ def spawn(
 
 def _the_spawner() -> Spawner | None:
     global _spawner, _spawner_pid
-    if _spawner_pid != os.getpid():
-        _spawner_pid = os.getpid()
+    if _spawner_pid != procfs.own_pid():
+        _spawner_pid = procfs.own_pid()
         _spawner = Spawner.start()
     return _spawner
 
@@ -116,7 +118,11 @@ class Spawner:
     ) -> int:
         """``how(...)`` there, with our `stdout` and `stderr` opened in its table, and
         our signal mask."""
-        ours = f"/proc/self/task/{threading.get_native_id()}/fd/"
+        ours = (  # the main thread's table is the process's (no gettid, a shorter walk)
+            "/proc/self/fd/"
+            if threading.current_thread() is threading.main_thread()
+            else f"/proc/self/task/{threading.get_native_id()}/fd/"
+        )
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
         def job() -> int:

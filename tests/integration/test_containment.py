@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from supervisor.manifest import AgentSpec
 from supervisor.runners import Outcome, procfs
@@ -118,6 +119,52 @@ async def test_a_leader_that_exits_takes_its_daemons_along(
     pids = [int(p) for p in lines(tmp_path / "pids")]
     assert len(pids) == ESCAPED[mode]
     assert left_running(pids) == []
+
+
+def events_held() -> list[str]:
+    """The cgroup.events files we hold a descriptor of."""
+    held = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own descriptor
+            continue
+        if target.endswith("/cgroup.events"):
+            held.append(target)
+    return held
+
+
+@pytest.mark.parametrize("containment", MODES[1:], indirect=True)
+async def test_a_crashed_run_reads_its_cgroup_through_the_descriptor_it_held(
+    tmp_path: Path, subreaper: None, containment: Containment
+) -> None:
+    """Once moved, a run holds its cgroup.events open: its end tells an empty cgroup by
+    one pread (docs/performance.md, crash -> running), and here a populated one, whose
+    daemon it kills. The descriptor is closed once the run is over."""
+    hooks = Recorder()
+    spec = escape_spec(tmp_path, "daemon")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            got: list[Outcome] = []
+
+            async def run() -> None:
+                got.append(await run_process(spec, hooks, containment=containment))
+
+            nursery.start_soon(run)
+            await hooks.is_launched.wait()
+            pids = await trio.to_thread.run_sync(escaped, tmp_path / "pids", 1)
+            held = await trio.to_thread.run_sync(
+                lambda: wait_until(events_held, what="a descriptor of its cgroup.events")
+            )
+            assert len(held) == 1
+            assert f"/{spec.id}." in held[0]
+            leader = hooks.pids[0]
+            assert leader is not None
+            os.kill(leader, signal.SIGKILL)  # a crash: the daemon stays behind, at first
+    assert got == [Outcome(signal=signal.SIGKILL)]
+    assert left_running(pids) == []
+    await trio.testing.wait_all_tasks_blocked()  # (the moves' task closes it)
+    assert events_held() == []
 
 
 @pytest.mark.parametrize("containment", MODES, indirect=True)
