@@ -25,10 +25,10 @@ from contextlib import ExitStack
 from typing import Any
 
 import attrs
+import trio
 
 from supervisor.core.outcome import Outcome
 from supervisor.manifest import AgentSpec
-from supervisor.runners.pipes import wait_readable
 from supervisor.runners.spawn import spawn
 
 
@@ -173,8 +173,9 @@ class Child:
 
     def wait_exited(self) -> Coroutine[Any, Any, None]:
         """Await it: returns once the leader has exited (it stays a zombie until `reap`).
-        The pump's wait itself, not a coroutine around it: one frame less per agent."""
-        return wait_readable(self._pidfd)
+        On trio's own epoll, not the pump's: the exit then wakes its task in the loop's
+        first pass, with the pump's (docs/performance.md, crash -> running)."""
+        return trio.lowlevel.wait_readable(self._pidfd)  # noqa: ASYNC105 (awaited by the caller)
 
     def signal_group(self, sig: int) -> None:
         """Send `sig` to the whole group. Only valid before `reap`: until then the

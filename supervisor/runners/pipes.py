@@ -3,10 +3,10 @@
 One task, the `OutputPump`, reads every process agent's stdout and stderr: it waits on
 one epoll descriptor that watches every pipe, reads what is ready without blocking and
 hands it to the pipe's `LineRelay`. An idle pipe costs its relay object and an epoll
-entry, not a task, a stream and a suspended read each. The same epoll wakes the tasks
-waiting for a leader's exit on its pidfd (`wait_readable`), so a running process agent
-costs one small waiter rather than trio's per-descriptor machinery (docs/operations.md,
-"A flood of output").
+entry, not a task, a stream and a suspended read each (docs/operations.md, "A flood of
+output"). A leader's exit is awaited on trio's own epoll (`launch.Child.wait_exited`):
+the pump and the exited run then wake in the same pass of the loop, and the run ends
+its pipes itself if the pump has not got to them (`LineRelay.ended`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import select
 from collections.abc import Sequence
 
-import outcome
 import trio
 
 from supervisor.logs import LineSink, log, relay_lines, write_lines
@@ -133,6 +132,16 @@ class LineRelay:
                 pump.remove(fd)
             os.close(fd)
 
+    def ended(self) -> bool:
+        """Whether it reached end of file: if it has not yet, whether its pipe is at end
+        of file with nothing left in it now, and then it ends, as the pump would (the
+        pipes of a leader that just exited, before the pump got to them; not while the
+        pump relays what it read). One poll."""
+        if not self.eof and self._fd >= 0 and not self._busy and _hung_up(self._fd):
+            self._set_eof()
+            self.close()
+        return self.eof
+
     def _set_eof(self) -> None:
         self.eof = True
         if self._ended is not None:
@@ -163,14 +172,12 @@ class LineRelay:
 
 
 class OutputPump:
-    """The one task that reads every output pipe of this trio run and wakes the tasks
-    waiting for a pidfd. It starts with the first pipe or waiter and ends with the last,
-    so a supervisor without process agents has none."""
+    """The one task that reads every output pipe of this trio run. It starts with the
+    first pipe and ends with the last, so a supervisor without process agents has none."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._relays: dict[int, LineRelay] = {}
-        self._waiters: dict[int, trio.lowlevel.Task] = {}
         self._closed = False
 
     def add(self, relay: LineRelay) -> None:
@@ -187,28 +194,12 @@ class OutputPump:
             self._unregister(fd)
             self._close_if_idle()
 
-    def watch(self, fd: int, task: trio.lowlevel.Task) -> None:
-        """Reschedule `task` once `fd` is readable (it must then be blocked)."""
-        if fd in self._waiters:
-            raise trio.BusyResourceError("another task is waiting for this descriptor")
-        try:
-            self._epoll.register(fd, select.EPOLLIN)
-        except OSError:
-            self._close_if_idle()
-            raise
-        self._waiters[fd] = task
-
-    def unwatch(self, fd: int) -> None:
-        if self._waiters.pop(fd, None) is not None and not self._closed:
-            self._unregister(fd)
-            self._close_if_idle()
-
     def _unregister(self, fd: int) -> None:
         with contextlib.suppress(OSError):  # already gone if its descriptor was closed
             self._epoll.unregister(fd)
 
     def _close_if_idle(self) -> None:
-        if not self._relays and not self._waiters:
+        if not self._relays:
             self._close()
 
     def _close(self) -> None:
@@ -218,9 +209,6 @@ class OutputPump:
                 _current.set(None)
             trio.lowlevel.notify_closing(self._epoll)
             self._epoll.close()
-            waiters, self._waiters = self._waiters, {}
-            for task in waiters.values():  # only at the end of the trio run
-                trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError()))
 
     async def run(self) -> None:
         try:
@@ -231,12 +219,7 @@ class OutputPump:
                     return  # the last pipe closed while we waited
                 if self._closed:
                     return
-                ready = self._epoll.poll(0)
-                for fd, _ in ready:  # exits first: they wait for no one's output
-                    if (task := self._waiters.get(fd)) is not None:
-                        self.unwatch(fd)
-                        trio.lowlevel.reschedule(task)
-                for fd, _ in ready:
+                for fd, _ in self._epoll.poll(0):
                     # The relay may have closed since (then the dict no longer has it).
                     if (relay := self._relays.get(fd)) is not None:
                         await self._read(relay)
@@ -258,32 +241,24 @@ def _ignore(stream: str, lines: Sequence[str]) -> None:
 
 def _readable(fd: int) -> bool:
     """Whether `fd` has something to read (or end of file) right now."""
-    if fd < 0:
-        return False
+    return fd >= 0 and bool(_events(fd))
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether every writer of the pipe `fd` closed it, with nothing left to read."""
+    return _events(fd) & (select.POLLIN | select.POLLHUP) == select.POLLHUP
+
+
+def _events(fd: int) -> int:
+    """What `poll` says of `fd` now (0: nothing)."""
     poll = select.poll()
     poll.register(fd, select.POLLIN)
-    return bool(poll.poll(0))
+    got = poll.poll(0)
+    return got[0][1] if got else 0
 
 
 _utf8 = codecs.getincrementaldecoder("utf-8")
 _current: trio.lowlevel.RunVar[OutputPump | None] = trio.lowlevel.RunVar("output_pump")
-
-
-async def wait_readable(fd: int) -> None:
-    """`trio.lowlevel.wait_readable(fd)`, watched by the pump (a pidfd, say): while it
-    waits, a task costs an epoll entry and this frame. A checkpoint either way."""
-    try:
-        pump = _pump()
-        pump.watch(fd, trio.lowlevel.current_task())
-    except OSError:  # short of descriptors for the pump's epoll: trio's own way
-        await trio.lowlevel.wait_readable(fd)
-        return
-
-    def abort(_: object) -> trio.lowlevel.Abort:
-        pump.unwatch(fd)
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _pump() -> OutputPump:

@@ -313,7 +313,7 @@ async def _finish(run: _Run) -> None:
     if child.exited:
         run.processes.settle()  # no move into its cgroup may write its pid after this
         child.reap()
-    if not all(line_relay.eof for line_relay in run.relays):
+    if not all([line_relay.ended() for line_relay in run.relays]):
         with trio.CancelScope(shield=True):
             for line_relay in run.relays:
                 await line_relay.drain(DRAIN_TIMEOUT, DRAIN_LIMIT)

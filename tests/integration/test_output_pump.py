@@ -1,4 +1,4 @@
-"""The output pump: one task reads every process agent's pipes and wakes their exits.
+"""The output pump: one task reads every process agent's pipes.
 
 Real children, real pipes and pidfds; the pump is `supervisor.runners.pipes.OutputPump`.
 """
@@ -6,6 +6,7 @@ Real children, real pipes and pidfds; the pump is `supervisor.runners.pipes.Outp
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import trio
 import trio.testing
 
 from supervisor.runners import Outcome, process
+from supervisor.runners.pipes import LineRelay
 from supervisor.runners.process import run_process
 
 from .test_process_runner import Recorder, spec, wait_until_gone
@@ -63,7 +65,7 @@ async def test_running_children_cost_no_task_each_and_the_pump_ends_with_them(
             for hooks in recorders:
                 await hooks.enough.wait()
             # Each run is its own task (started here) and nothing else: one pump for all
-            # their pipes and exits, where a relay task per pipe would be 2 * count more.
+            # their pipes, where a relay task per pipe would be 2 * count more.
             assert len(tasks()) == before + count + 1
             assert pumps() == 1
             nursery.cancel_scope.cancel()
@@ -132,3 +134,30 @@ async def test_output_is_kept_while_the_pump_is_busy_with_another_pipe(
                 assert await run_process(command, hooks) == Outcome(code=4)
             nursery.cancel_scope.cancel()
     assert [hooks.output_lines for hooks in quick] == [[("stdout", "done")]]
+
+
+async def test_a_pipe_whose_writers_are_gone_ends_at_once_unless_output_is_left() -> None:
+    """`LineRelay.ended`: the pipes of a leader that just exited end without a pass of
+    the pump (the run's end then waits for none), but never with output left unread."""
+    got: list[str] = []
+
+    def sink(stream: str, lines: Sequence[str]) -> None:
+        got.extend(lines)
+
+    empty_r, empty_w = os.pipe()
+    full_r, full_w = os.pipe()
+    os.write(full_w, b"last words\npartial")
+    empty, full = (LineRelay("t", "stdout", fd, sink) for fd in (empty_r, full_r))
+    empty.start()
+    full.start()
+    os.close(empty_w)
+    os.close(full_w)
+    # No checkpoint since: the pump has read neither.
+    assert empty.ended()
+    assert not full.ended()  # what is left is the pump's to relay
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(empty_r)  # closed, and the pump no longer watches it
+    with trio.fail_after(10):
+        await full.wait_eof()
+    assert got == ["last words", "partial"]
+    assert full.ended()
