@@ -21,7 +21,6 @@ import pwd
 import signal
 import subprocess
 from collections.abc import Coroutine, Mapping
-from contextlib import ExitStack
 from typing import Any
 
 import attrs
@@ -140,14 +139,14 @@ class Child:
             _reap_unreaped()
         # Like trio's open_process: the child's pipe ends are always closed here (it
         # has its copies, and ours would keep the pipes from reaching EOF); ours only
-        # if the spawn fails.
-        with ExitStack() as always, ExitStack() as on_failure:
-            stdout_r, stdout_w = os.pipe()
-            on_failure.callback(os.close, stdout_r)
-            always.callback(os.close, stdout_w)
+        # if the spawn fails. (try blocks, not ExitStacks: this is a restart's path.)
+        stdout_r, stdout_w = os.pipe()
+        try:
             stderr_r, stderr_w = os.pipe()
-            on_failure.callback(os.close, stderr_r)
-            always.callback(os.close, stderr_w)
+        except BaseException:
+            _close(stdout_r, stdout_w)
+            raise
+        try:
             popen = None
             cwd = str(spec.cwd)
             pid = None if who is not None else spawn(command, env, cwd, stdout_w, stderr_w)
@@ -165,10 +164,17 @@ class Child:
                     extra_groups=None if who is None else list(who.groups),
                 )
                 pid = popen.pid
-            on_failure.callback(_kill_now, pid, popen)
-            # pidfd_open works on a zombie too, so a child that already exited is fine.
-            pidfd = os.pidfd_open(pid)
-            on_failure.pop_all()
+            try:
+                # pidfd_open works on a zombie too, so a child that already exited is fine.
+                pidfd = os.pidfd_open(pid)
+            except BaseException:
+                _kill_now(pid, popen)
+                raise
+        except BaseException:
+            _close(stdout_r, stderr_r)
+            raise
+        finally:
+            _close(stdout_w, stderr_w)
         return cls(pid, pidfd, stdout_r, stderr_r, popen)
 
     def wait_exited(self) -> Coroutine[Any, Any, None]:
@@ -234,6 +240,11 @@ def _reap_unreaped() -> None:
             pass  # reaped elsewhere
         _UNREAPED.remove(pidfd)
         os.close(pidfd)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _kill_now(pid: int, popen: subprocess.Popen[bytes] | None) -> None:
