@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-import peers
+import ab
 import procfs
 import scenarios
 
@@ -40,40 +40,30 @@ def main() -> int:
     revs = a.revs.split(",")
     cfg = scenarios.Config()
     python = str(Path(__file__).parents[1] / ".venv" / "bin" / "python")
-    launched: dict[str, peers.Peer] = {}
-    for i, rev in enumerate(revs):
-        peer: peers.Peer
-        if rev == "minimal":
-            peer = peers.Minimal()
-        else:
-            peer = peers.Ours(python, 0.0, "" if rev == "wt" else rev)
-        peer.name = f"crash-ab-{i}"
-        peer.setup()
-        launched[rev] = peer
+    launched = ab.revisions(revs, python, 0.0, "crash-ab")
     samples: dict[str, list[float]] = {rev: [] for rev in revs}
     cpu: dict[str, list[float]] = {rev: [] for rev in revs}
     agents = scenarios.agent_set(a.n)
-    for i in range(a.rounds):
-        for rev in revs if i % 2 == 0 else revs[::-1]:
-            peer = launched[rev]
-            peer.prepare(str(a.n), agents)
-            try:
-                _, watch = scenarios.measure_start(peer, a.n, cfg)
-                time.sleep(a.idle)
-                sup = peer.roots()[0]
-                before = procfs.cpu_seconds(sup)
-                got = scenarios.measure_crashes(watch, a.n, a.crashes)
-                cpu[rev].append((procfs.cpu_seconds(sup) - before) / len(got) * 1e3)
-                samples[rev].extend(got)
-                print(
-                    f"{rev} round {i}: p50 {statistics.median(got) * 1e3:.2f} ms, "
-                    f"CPU per crash {cpu[rev][-1]:.3f} ms",
-                    flush=True,
-                )
-                scenarios.measure_shutdown(peer, watch, cfg.shutdown_timeout)
-            finally:
-                peer.kill()
-            time.sleep(0.3)
+    for i, rev in ab.alternating(revs, a.rounds):
+        peer = launched[rev]
+        peer.prepare(str(a.n), agents)
+        try:
+            _, watch = scenarios.measure_start(peer, a.n, cfg)
+            time.sleep(a.idle)
+            sup = peer.roots()[0]
+            before = procfs.cpu_seconds(sup)
+            got = scenarios.measure_crashes(watch, a.n, a.crashes)
+            cpu[rev].append((procfs.cpu_seconds(sup) - before) / len(got) * 1e3)
+            samples[rev].extend(got)
+            print(
+                f"{rev} round {i}: p50 {statistics.median(got) * 1e3:.2f} ms, "
+                f"CPU per crash {cpu[rev][-1]:.3f} ms",
+                flush=True,
+            )
+            scenarios.measure_shutdown(peer, watch, cfg.shutdown_timeout)
+        finally:
+            peer.kill()
+        time.sleep(0.3)
     base = statistics.median(samples[revs[0]])
     for rev in revs:
         got = sorted(samples[rev])

@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 
+import ab
 import peers
 import procfs
 import scenarios
@@ -34,35 +35,29 @@ def main() -> int:
     a = p.parse_args()
     revs = a.revs.split(",")
     cfg = scenarios.Config()
-    ours: dict[str, peers.Ours] = {}
-    for rev in revs:
-        peer = peers.Ours(a.python, None, "" if rev == "wt" else rev)
-        peer.name = f"ours-ab-{len(ours)}"
-        try:
-            peer.setup()
-        except peers.Unavailable as e:
-            print(f"{rev}: {e}", file=sys.stderr)
-            return 2
-        ours[rev] = peer
+    try:
+        ours = ab.revisions(revs, a.python, None, "ours-ab")
+    except peers.Unavailable as e:
+        print(e, file=sys.stderr)
+        return 2
     agents = scenarios.agent_set(a.n)
     start: dict[str, list[float]] = {rev: [] for rev in revs}
     first: dict[str, list[float]] = {rev: [] for rev in revs}
     cpu: dict[str, list[float]] = {rev: [] for rev in revs}
-    for i in range(a.rounds):
-        for rev in revs if i % 2 == 0 else revs[::-1]:
-            peer = ours[rev]
-            peer.prepare(str(a.n), agents)
-            try:
-                t, watch = scenarios.measure_start(peer, a.n, cfg)
-                cpu[rev].append(procfs.cpu_seconds(peer.roots()[0]))
-                start[rev].append(t)
-                if watch.first is not None:
-                    first[rev].append(watch.first)
-                time.sleep(0.3)
-                scenarios.measure_shutdown(peer, watch, cfg.shutdown_timeout)
-            finally:
-                peer.kill()
+    for _, rev in ab.alternating(revs, a.rounds):
+        peer = ours[rev]
+        peer.prepare(str(a.n), agents)
+        try:
+            t, watch = scenarios.measure_start(peer, a.n, cfg)
+            cpu[rev].append(procfs.cpu_seconds(peer.roots()[0]))
+            start[rev].append(t)
+            if watch.first is not None:
+                first[rev].append(watch.first)
             time.sleep(0.3)
+            scenarios.measure_shutdown(peer, watch, cfg.shutdown_timeout)
+        finally:
+            peer.kill()
+        time.sleep(0.3)
     base = statistics.median(start[revs[0]])
     for rev in revs:
         med = statistics.median(start[rev])
